@@ -1,0 +1,281 @@
+"""The recipe: one typed schema for the YAML files, the CLI and the Python API.
+
+A recipe is a short YAML delta over the documented defaults below (see docs/recipes.md).
+It may name a ``base:`` recipe to start from, and ``--set a.b=c`` overrides any field.
+Every section rejects unknown keys; a mistake is reported as a :class:`UserError` naming
+the dotted field path, the value and what is allowed.
+
+Lookup: ``load_recipe("quickstart")`` reads the recipe shipped with the package,
+``load_recipe("my.yaml")`` reads a file.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ebcompress.errors import UserError
+
+Precision = Literal["fp32", "bf16", "fp16", "bfp8"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which network to build: ``vgg16_cifar``, ``timm:resnet50`` or ``tv:resnet18``."""
+
+    name: str = "vgg11_cifar"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(_Section):
+    """Which data set, where it lives, and the input size the model sees."""
+
+    name: Literal[
+        "digits", "fashion_mnist", "cifar10", "cifar100", "imagenet", "imagefolder", "fake"
+    ] = "digits"
+    root: str | None = None
+    image_size: int = Field(32, ge=8, le=1024)
+    train_subset: int | None = Field(None, ge=1)
+    test_subset: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class TrainConfig(_Section):
+    """The dense schedule. Milestones are epochs, as in the paper (80, 120 of 160)."""
+
+    epochs: int = Field(160, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    nesterov: bool = False
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = Field(default_factory=lambda: [80, 120])
+    gamma: float = Field(0.1, gt=0, le=1)
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    sync_bn: bool = False
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _milestones_inside_schedule(self) -> TrainConfig:
+        bad = [m for m in self.milestones if not 0 < m < self.epochs]
+        if bad:
+            raise ValueError(f"milestones {bad} must lie strictly between 0 and epochs={self.epochs}")
+        if sorted(self.milestones) != self.milestones:
+            raise ValueError(f"milestones {self.milestones} must be increasing")
+        return self
+
+
+class LotteryTicketOptions(_Section):
+    granularity: Literal["channel", "unstructured"] = "channel"
+    rewind_epoch: int = Field(0, ge=0)
+
+
+class SnipOptions(_Section):
+    granularity: Literal["channel", "unstructured"] = "channel"
+    batches: int = Field(4, ge=1)
+
+
+class ThiNetOptions(_Section):
+    samples: int = Field(256, ge=8)
+    positions_per_sample: int = Field(8, ge=1)
+
+
+class PruneConfig(_Section):
+    """How the ticket is found. ``ratio`` is the fraction of prunable channels removed."""
+
+    method: Literal["eb", "ns", "lt", "snip", "thinet"] = "eb"
+    ratio: float = Field(0.3, gt=0, lt=1)
+    watch_ratios: list[float] = Field(default_factory=list)
+    scope: Literal["global", "uniform"] = "global"
+    sparsity: float = Field(1e-4, ge=0)
+    epsilon: float = Field(0.1, gt=0, le=1)
+    window: int = Field(5, ge=2)
+    max_search_epochs: int | None = Field(None, ge=1)
+    min_keep: int = Field(1, ge=1)
+    round_to: int | None = Field(None, ge=1)
+    lt: LotteryTicketOptions = Field(default_factory=LotteryTicketOptions)
+    snip: SnipOptions = Field(default_factory=SnipOptions)
+    thinet: ThiNetOptions = Field(default_factory=ThiNetOptions)
+
+    @model_validator(mode="after")
+    def _ratios_open_interval(self) -> PruneConfig:
+        bad = [r for r in self.watch_ratios if not 0 < r < 1]
+        if bad:
+            raise ValueError(f"watch_ratios {bad} must each lie in the open interval (0, 1)")
+        return self
+
+
+class RetrainConfig(_Section):
+    """Retraining the slim network.
+
+    ``finetune`` (default) inherits the ticket's weights and continues the dense schedule from
+    the ticket's epoch to ``train.epochs``; ``reinit`` re-initialises and runs the full schedule.
+    ``epochs`` overrides the length (methods that prune after a full dense run, such as
+    network slimming, need it).
+    """
+
+    mode: Literal["finetune", "reinit"] = "finetune"
+    epochs: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    precision: Precision = "fp32"
+
+
+class ExportConfig(_Section):
+    formats: list[Literal["bundle", "onnx", "torchscript", "pt2"]] = Field(
+        default_factory=lambda: ["bundle"]
+    )
+    opset: int = Field(17, ge=9)
+    dynamic_batch: bool = True
+
+
+class Recipe(_Section):
+    """A whole run: model, data, dense schedule, pruning, retraining, export."""
+
+    name: str = "custom"
+    description: str = ""
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- lookup
+
+
+def shipped_recipes() -> dict[str, str]:
+    """Names of the recipes shipped with the package, mapped to their YAML text."""
+    folder = resources.files("ebcompress.recipes")
+    return {
+        entry.name[: -len(".yaml")]: entry.read_text(encoding="utf-8")
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".yaml")
+    }
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{where}: malformed YAML{at}; fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def _raw_recipe(ref: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The recipe's mapping with its ``base:`` chain merged in, not yet validated."""
+    if ref in seen:
+        raise UserError(f"recipe {ref!r}: circular 'base' chain {' -> '.join((*seen, ref))}")
+    path = Path(ref)
+    shipped = shipped_recipes()
+    if ref.endswith((".yaml", ".yml")) or path.exists():
+        if not path.is_file():
+            raise UserError(f"recipe file {ref!r} does not exist; give a path or a shipped name")
+        data = _read_yaml(path.read_text(encoding="utf-8"), str(path))
+    elif ref in shipped:
+        data = _read_yaml(shipped[ref], f"recipe {ref!r}")
+    else:
+        raise UserError(
+            f"unknown recipe {ref!r}; shipped recipes: {', '.join(shipped)} "
+            "(or give a path to a .yaml file)"
+        )
+    base = data.pop("base", None)
+    if base is None:
+        data.setdefault("name", path.stem if path.suffix else ref)
+        return data
+    if not isinstance(base, str):
+        raise UserError(f"recipe {ref!r}: 'base' must be a recipe name, got {base!r}")
+    merged = _deep_merge(_raw_recipe(base, (*seen, ref)), data)
+    merged["name"] = data.get("name", path.stem if path.suffix else ref)
+    return merged
+
+
+def _deep_merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn ``["train.lr=0.05", "prune.watch_ratios=[0.3,0.5]"]`` into a nested mapping.
+
+    Values are parsed as YAML scalars or flow collections, so types come out right.
+    """
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set train.lr=0.05")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {pair!r}: {part!r} is set twice as a value and a section")
+            node = child
+        node[parts[-1]] = value
+    return nested
+
+
+def validate_recipe(data: dict[str, Any], where: str = "recipe") -> Recipe:
+    """Validate a raw mapping; the first problem becomes a one-line :class:`UserError`."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parent = _section_for(err["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "see docs/recipes.md"
+            raise UserError(f"{where}: unknown key {field!r}; allowed here: {allowed}") from None
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        raise UserError(f"{where}: {field}: {err['msg']}{shown}") from None
+
+
+def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def load_recipe(ref: str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load a shipped recipe by name or a YAML file by path, then apply ``--set`` overrides."""
+    data = _deep_merge(_raw_recipe(ref), parse_overrides(overrides))
+    return validate_recipe(data, where=f"recipe {ref!r}")
