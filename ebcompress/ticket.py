@@ -55,8 +55,11 @@ class Ticket:
             width = self.widths[name]
             if not idx:
                 raise ValueError(f"Ticket group {name!r} keeps no channel")
-            if list(idx) != sorted(set(idx)) or idx[0] < 0 or idx[-1] >= width:
-                raise ValueError(f"Ticket group {name!r}: kept indices must be sorted, unique, in [0, {width})")
+            steps = np.diff(np.asarray(idx))
+            if (steps <= 0).any() or idx[0] < 0 or idx[-1] >= width:
+                raise ValueError(
+                    f"Ticket group {name!r}: kept indices must be sorted, unique, in [0, {width})"
+                )
         if not self.fingerprint:
             object.__setattr__(self, "fingerprint", structure_fingerprint(self.widths))
 
@@ -95,10 +98,12 @@ class Ticket:
         """Inverse of :meth:`mask`: split a flat keep-mask back into groups."""
         mask = np.asarray(mask, dtype=bool)
         if mask.size != sum(widths.values()):
-            raise ValueError(f"mask has {mask.size} bits, the groups have {sum(widths.values())} channels")
+            raise ValueError(
+                f"mask has {mask.size} bits, the groups have {sum(widths.values())} channels"
+            )
         kept, offset = {}, 0
         for name, width in widths.items():
-            kept[name] = tuple(int(i) for i in np.flatnonzero(mask[offset : offset + width]))
+            kept[name] = tuple(np.flatnonzero(mask[offset : offset + width]).tolist())
             offset += width
         return cls(kept=kept, widths=dict(widths), **meta)
 
@@ -156,7 +161,9 @@ class Ticket:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise UserError(f"ticket file {str(path)!r} is not valid JSON (line {exc.lineno})") from None
+            raise UserError(
+                f"ticket file {str(path)!r} is not valid JSON (line {exc.lineno}); re-run the search"
+            ) from None
         return cls.from_dict(data, where=f"ticket file {str(path)!r}")
 
 
