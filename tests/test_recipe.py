@@ -1,0 +1,93 @@
+"""The recipe schema: every shipped recipe loads; every kind of mistake gets a one-line error."""
+
+from __future__ import annotations
+
+import pytest
+
+from ebcompress.errors import UserError
+from ebcompress.recipe import Recipe, load_recipe, parse_overrides, shipped_recipes
+
+
+@pytest.mark.parametrize("name", sorted(shipped_recipes()))
+def test_every_shipped_recipe_loads(name: str) -> None:
+    recipe = load_recipe(name)
+    assert isinstance(recipe, Recipe)
+    assert recipe.name == name
+    assert 0 < recipe.prune.ratio < 1
+
+
+def test_paper_recipes_carry_the_paper_schedule() -> None:
+    for name in ("vgg16_cifar10_p30", "vgg16_cifar100_p50", "preresnet101_cifar10_p70"):
+        t = load_recipe(name).train
+        assert (t.epochs, t.batch_size, t.lr, t.milestones) == (160, 256, 0.1, [80, 120])
+        assert (t.momentum, t.weight_decay) == (0.9, 1e-4)
+    r = load_recipe("resnet50_imagenet_p70")
+    assert (r.train.epochs, r.train.milestones, r.prune.ratio) == (90, [30, 60], 0.7)
+    assert load_recipe("resnet18_imagenet_p10").model.name == "timm:resnet18"
+
+
+def test_base_chain_applies_deltas_only() -> None:
+    p50 = load_recipe("vgg16_cifar10_p50")
+    p30 = load_recipe("vgg16_cifar10_p30")
+    assert p50.prune.ratio == 0.5
+    assert p50.train == p30.train and p50.model == p30.model
+
+
+def test_overrides_are_typed() -> None:
+    r = load_recipe("quickstart", ["train.lr=0.05", "prune.watch_ratios=[0.5]", "retrain.mode=reinit"])
+    assert r.train.lr == 0.05 and r.prune.watch_ratios == [0.5] and r.retrain.mode == "reinit"
+    assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+def _write(tmp_path, text: str) -> str:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("train: {epochs: 3, lr: [1}\n", "malformed YAML at line 1"),
+        ("- a\n- b\n", "must be a YAML mapping"),
+        ("train: {epoch: 3}\n", "unknown key 'train.epoch'; allowed here: epochs"),
+        ("trian: {}\n", "unknown key 'trian'"),
+        ("train: {epochs: many}\n", "train.epochs"),
+        ("train: {epochs: -2}\n", "train.epochs"),
+        ("prune: {ratio: 1.5}\n", "prune.ratio"),
+        ("prune: {ratio: 0}\n", "prune.ratio"),
+        ("prune: {scope: layerwise}\n", "'global' or 'uniform'"),
+        ("prune: {watch_ratios: [0.3, 1.2]}\n", "watch_ratios"),
+        ("train: {epochs: 10, milestones: [5, 20]}\n", "milestones [20]"),
+        ("data: {name: mnist}\n", "data.name"),
+        ("base: no_such_recipe\n", "unknown recipe 'no_such_recipe'"),
+    ],
+)
+def test_bad_recipes_get_one_line_errors(tmp_path, text: str, expected: str) -> None:
+    with pytest.raises(UserError) as info:
+        load_recipe(_write(tmp_path, text))
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_unknown_recipe_and_missing_file() -> None:
+    with pytest.raises(UserError, match="shipped recipes: .*quickstart"):
+        load_recipe("no_such_recipe")
+    with pytest.raises(UserError, match="does not exist"):
+        load_recipe("/nonexistent/recipe.yaml")
+
+
+def test_bad_override_syntax() -> None:
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        load_recipe("quickstart", ["train.lr"])
+    with pytest.raises(UserError, match="unknown key 'train.lrr'"):
+        load_recipe("quickstart", ["train.lrr=1"])
+
+
+def test_resolved_recipe_round_trips_through_yaml(tmp_path) -> None:
+    recipe = load_recipe("vgg16_cifar10_p70", ["seed=3"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(recipe.to_yaml())
+    again = load_recipe(str(path))
+    assert again.to_dict() | {"name": recipe.name} == recipe.to_dict()
