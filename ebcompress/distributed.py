@@ -1,0 +1,106 @@
+"""Data-parallel helpers over ``torch.distributed``, all safe to call without a process group.
+
+``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT;
+:func:`init_from_env` joins that group (NCCL when CUDA is available, Gloo otherwise).
+Without a group every helper behaves as the single process of a world of one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+T = TypeVar("T")
+
+
+def is_initialized() -> bool:
+    """True when a process group is active."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_from_env(device: str | torch.device | None = None) -> bool:
+    """Join the process group described by torchrun's environment variables.
+
+    ``device`` is where this process will train (default: CUDA when available): NCCL and
+    ``cuda:LOCAL_RANK`` for CUDA, Gloo for the CPU. Returns True when a group is active
+    afterwards (already initialised or just joined), False for a plain single-process run
+    (WORLD_SIZE unset or 1).
+    """
+    if is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    kind = torch.device(device).type if device is not None else None
+    use_cuda = kind == "cuda" or (kind is None and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+    return True
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0, the only rank that prints and writes files."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place and return it."""
+    if is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """``obj`` as held by rank ``src``, on every rank (pickled between our own processes)."""
+    if not is_initialized():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or DataParallel) wrapper."""
+    while isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        model = model.module
+    return model
+
+
+def average_buffers(model: nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over all ranks.
+
+    Without SyncBatchNorm each rank updates its running statistics from its own shard, so
+    after an epoch they differ slightly; averaging makes every rank hold the same model
+    (and the checkpoint written by rank 0 equal to it).
+    """
+    if not is_initialized():
+        return
+    size = world_size()
+    for buffer in unwrap(model).buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(size)
+
+
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise minimum of ``tensor`` over all ranks, in place; returned."""
+    if is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return tensor

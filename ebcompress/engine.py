@@ -1,0 +1,472 @@
+"""The training and evaluation loop every phase runs: dense search, retraining, baselines.
+
+One :class:`Trainer` trains one phase (epochs ``start_epoch+1 .. end_epoch`` of a schedule)
+with SGD and cross-entropy, evaluates after every epoch with exact top-1/top-5 counts,
+calls the callbacks (the Early-Bird detector, the BN-L1 regulariser of network slimming),
+and, given a run directory, writes ``metrics.jsonl`` and an atomic checkpoint per epoch
+from which :meth:`Trainer.fit` resumes bit-exactly (the shuffle order of epoch ``e`` is a
+function of ``(seed, e)``, and every RNG state is checkpointed).
+
+Under ``torchrun`` the model is wrapped in DistributedDataParallel, metrics are summed over
+ranks before they are divided, and only rank 0 writes files or prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from ebcompress import distributed
+from ebcompress.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    remove_checkpoints,
+    restore_rng_state,
+    save_checkpoint,
+)
+from ebcompress.divergence import NonFiniteWatch
+from ebcompress.errors import UserError
+from ebcompress.metrics_file import append_entry, truncate_phase
+from ebcompress.optim import build_optimizer, build_scheduler, rebase_lr
+from ebcompress.precision import precision_policy
+from ebcompress.progress import TrainingProgress, log
+from ebcompress.recipe import TrainConfig
+
+if TYPE_CHECKING:
+    from ebcompress.data import DataSplit
+    from ebcompress.flops import TrainingLedger
+
+__all__ = ["Callback", "EpochStats", "Trainer", "build_optimizer", "build_scheduler"]
+
+CHECKPOINT_FORMAT = 1
+_HEALTH_EVERY = 32  # steps between checks for a non-finite loss (and live-bar updates)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch of one phase; ``epoch`` counts the schedule's completed epochs (1-based).
+
+    ``seconds`` is the wall time of the epoch's training pass (evaluation excluded) and
+    ``samples`` the training samples seen in it, summed over ranks. Losses and accuracies
+    are exact means over all samples; ``test_loss`` is plain cross-entropy (no smoothing).
+    """
+
+    phase: str
+    epoch: int
+    lr: float
+    train_loss: float
+    train_top1: float
+    test_loss: float
+    test_top1: float
+    test_top5: float
+    seconds: float
+    images_per_s: float
+    samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EpochStats:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+    def summary(self, last_epoch: int) -> str:
+        return (
+            f"{self.phase} {self.epoch}/{last_epoch}  lr {self.lr:.4g}  "
+            f"train loss {self.train_loss:.4f} top-1 {100 * self.train_top1:.2f}%  "
+            f"test loss {self.test_loss:.4f} top-1 {100 * self.test_top1:.2f}% "
+            f"top-5 {100 * self.test_top5:.2f}%  {self.seconds:.1f}s {self.images_per_s:,.0f} img/s"
+        )
+
+
+class Callback(Protocol):
+    """Hooks into :class:`Trainer`. Every method is optional (looked up with getattr).
+
+    ``after_backward(model)`` runs between backward and the optimiser step on the unwrapped
+    model with unscaled gradients; ``end_of_epoch(epoch, stats)`` runs after evaluation and
+    returns True to stop the phase; ``state_dict``/``load_state_dict`` travel in the
+    checkpoint and must hold only weights_only-loadable values.
+    """
+
+    def after_backward(self, model: nn.Module) -> None: ...
+    def end_of_epoch(self, epoch: int, stats: EpochStats) -> bool: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class _ShardSampler(Sampler[int]):
+    """Rank ``r`` of ``w`` takes indices r, r+w, ... in order, without padding (exact eval)."""
+
+    def __init__(self, size: int, rank: int, world: int) -> None:
+        self.indices = range(rank, size, world)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _epoch_seed(seed: int, epoch_index: int) -> int:
+    """A seed for the loader's generator (worker seeds) that depends only on (seed, epoch)."""
+    return int(np.random.SeedSequence([seed, epoch_index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {str(device)!r} requested but CUDA is not available; use cpu")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _restore_ledger(ledger: TrainingLedger, data: dict[str, Any]) -> None:
+    # In place, because the caller holds this object and reads it after the phase.
+    vars(ledger).update(vars(type(ledger).from_dict(data)))
+
+
+class Trainer:
+    """Trains ``model`` for one phase; see the module docstring for what it writes.
+
+    ``lr`` and ``precision`` override ``cfg.lr`` and ``cfg.precision``. ``ledger`` (with
+    ``macs_per_sample``, the forward MACs of one sample of this model) receives the phase's
+    training cost after every epoch.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataSplit,
+        cfg: TrainConfig,
+        *,
+        phase: str,
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        lr: float | None = None,
+        precision: str | None = None,
+        callbacks: Sequence[Callback] = (),
+        run_dir: Path | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        ledger: TrainingLedger | None = None,
+        macs_per_sample: int | None = None,
+        progress: bool = True,
+        num_workers: int = 0,
+    ) -> None:
+        if ledger is not None and macs_per_sample is None:
+            raise ValueError("Trainer: a ledger needs macs_per_sample (see flops.count_flops)")
+        self.end_epoch = cfg.epochs if end_epoch is None else end_epoch
+        if not 0 <= start_epoch <= self.end_epoch:
+            raise UserError(
+                f"phase {phase!r}: start epoch {start_epoch} must lie in [0, {self.end_epoch}] "
+                "(check train.epochs / retrain.epochs)"
+            )
+        self.cfg, self.phase, self.data, self.seed = cfg, phase, data, seed
+        self.start_epoch = start_epoch
+        self.base_lr = cfg.lr if lr is None else lr
+        self.callbacks = list(callbacks)
+        self.ledger, self.macs_per_sample = ledger, macs_per_sample
+        self.show_progress = progress
+        self.device = _resolve_device(device)
+        self.precision = precision_policy(precision or cfg.precision, self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+
+        model = model.to(self.device, memory_format=self.memory_format)
+        if distributed.is_initialized() and cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = self.precision.prepare(model)
+        self.net: nn.Module = self.model
+        if distributed.is_initialized():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = build_optimizer(self.model, cfg, self.base_lr)
+        self.scheduler = build_scheduler(self.optimizer, cfg, start_epoch)
+        self.scaler = self.precision.make_scaler()
+        self._build_loaders(num_workers)
+
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.checkpoint_path = (
+            None if self.run_dir is None else self.run_dir / "checkpoints" / phase / "last.pt"
+        )
+        self.metrics_path = None if self.run_dir is None else self.run_dir / "metrics.jsonl"
+        self.history: list[EpochStats] = []
+        self.last_epoch = start_epoch
+        self.stopped_early = False
+        self._saved_epoch: int | None = None
+
+    def _build_loaders(self, num_workers: int) -> None:
+        rank, world = distributed.rank(), distributed.world_size()
+        pin = self.device.type == "cuda"
+        # DistributedSampler also serves a world of one: its order is a function of seed+epoch.
+        self.train_sampler = DistributedSampler(
+            self.data.train, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
+        )
+        # BatchNorm cannot train on a final batch of one sample, so such a batch is dropped.
+        per_rank = len(self.train_sampler)
+        self.loader_generator = torch.Generator()
+        self.train_loader = DataLoader(
+            self.data.train,
+            batch_size=self.cfg.batch_size,
+            sampler=self.train_sampler,
+            num_workers=num_workers,
+            pin_memory=pin,
+            drop_last=per_rank > 1 and per_rank % self.cfg.batch_size == 1,
+            generator=self.loader_generator,
+        )
+        self.test_loader = DataLoader(
+            self.data.test,
+            batch_size=self.cfg.batch_size,
+            sampler=_ShardSampler(len(self.data.test), rank, world),
+            num_workers=num_workers,
+            pin_memory=pin,
+        )
+
+    def _to_device(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        return images, labels.to(self.device, non_blocking=True)
+
+    # ------------------------------------------------------------------------- public
+
+    def fit(self, resume: bool = False) -> list[EpochStats]:
+        """Train the phase (or its remainder when resuming); the phase's full history.
+
+        A phase whose checkpoint stopped early or reached ``end_epoch`` is not re-run: its
+        saved history is returned (and its model, ledger and callback states are loaded).
+        """
+        state = load_checkpoint(self.checkpoint_path) if resume and self.checkpoint_path else None
+        if state is not None:
+            self._load_state(state)
+            if self.stopped_early or self.last_epoch >= self.end_epoch:
+                return list(self.history)
+        elif self.checkpoint_path is not None and distributed.is_main():
+            remove_checkpoints(self.checkpoint_path)
+            truncate_phase(self.metrics_path, self.phase, keep_through=self.start_epoch)
+
+        first = self.last_epoch + 1
+        with TrainingProgress(self.phase, first, self.end_epoch, self.show_progress) as bar:
+            for epoch in range(first, self.end_epoch + 1):
+                stats = self._run_epoch(epoch, bar)
+                bar.end_epoch(stats.summary(self.end_epoch))
+                self.history.append(stats)
+                self.last_epoch = epoch
+                self.stopped_early = self._ask_callbacks_to_stop(epoch, stats)
+                self._record(stats, finished=self.stopped_early or epoch == self.end_epoch)
+                if self.stopped_early:
+                    break
+        return list(self.history)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Exact test metrics: ``{"loss", "top1", "top5", "samples"}`` (sums over all ranks / n).
+
+        top-5 is top-min(5, num_classes).
+        """
+        was_training = self.model.training
+        self.model.eval()
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)
+        k = min(5, self.data.num_classes)
+        with self.precision.autocast():
+            for batch in self.test_loader:
+                images, labels = self._to_device(*batch)
+                logits = self.model(images).float()
+                hits = logits.topk(k, dim=1).indices == labels[:, None]
+                totals[0] += F.cross_entropy(logits, labels, reduction="sum")
+                totals[1] += hits[:, 0].sum()
+                totals[2] += hits.any(dim=1).sum()
+                totals[3] += labels.numel()
+        self.model.train(was_training)
+        loss, top1, top5, n = distributed.all_reduce_sum(totals).tolist()
+        n_safe = max(n, 1.0)
+        return {
+            "loss": loss / n_safe,
+            "top1": top1 / n_safe,
+            "top5": top5 / n_safe,
+            "samples": int(n),
+        }
+
+    # ------------------------------------------------------------------------- one epoch
+
+    def _run_epoch(self, epoch: int, bar: TrainingProgress) -> EpochStats:
+        self.train_sampler.set_epoch(epoch - 1)
+        self.loader_generator.manual_seed(_epoch_seed(self.seed, epoch - 1))
+        hooks = [cb.after_backward for cb in self.callbacks if hasattr(cb, "after_backward")]
+        steps = len(self.train_loader)
+        # Per-step values stay on the device as 0-dim tensors: no sync, no indexing kernels.
+        losses: list[torch.Tensor] = []
+        corrects: list[torch.Tensor] = []
+        batch_sizes: list[int] = []
+        watch = NonFiniteWatch(steps, self.device)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.net.train()
+        bar.begin_epoch(epoch, steps)
+        start = time.perf_counter()
+        for step, batch in enumerate(self.train_loader):
+            images, labels = self._to_device(*batch)
+            with self.precision.autocast():
+                logits = self.net(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is None:
+                loss.backward()
+            else:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            for hook in hooks:
+                hook(self.model)
+            if self.scaler is None:
+                self.optimizer.step()
+            else:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            losses.append(loss.detach())
+            corrects.append((logits.detach().argmax(dim=1) == labels).sum())
+            batch_sizes.append(labels.numel())
+            bar.advance()
+            if (step + 1) % _HEALTH_EVERY == 0:
+                self._raise_if_nonfinite(watch.poll(losses), epoch, steps)
+                if bar.live:
+                    bar.show_metrics(
+                        float(torch.stack(losses[-_HEALTH_EVERY:]).mean()),
+                        float(torch.stack(corrects[-_HEALTH_EVERY:]).sum())
+                        / sum(batch_sizes[-_HEALTH_EVERY:]),
+                        sum(batch_sizes) / (time.perf_counter() - start),
+                    )
+        self._raise_if_nonfinite(watch.finish(losses), epoch, steps)
+        sizes = torch.tensor(batch_sizes, dtype=torch.float64, device=self.device)
+        totals = torch.stack(
+            [
+                (torch.stack(losses).double() * sizes).sum(),
+                torch.stack(corrects).sum().double(),
+                sizes.sum(),
+            ]
+        )
+        loss_sum, correct, samples = distributed.all_reduce_sum(totals).tolist()
+        seconds = time.perf_counter() - start
+
+        distributed.average_buffers(self.model)
+        test = self.evaluate()
+        self.scheduler.step()
+        if self.ledger is not None:
+            self.ledger.add(
+                self.phase,
+                macs_per_sample=self.macs_per_sample,
+                samples=int(samples),
+                seconds=seconds,
+            )
+        return EpochStats(
+            phase=self.phase,
+            epoch=epoch,
+            lr=lr,
+            train_loss=loss_sum / samples,
+            train_top1=correct / samples,
+            test_loss=test["loss"],
+            test_top1=test["top1"],
+            test_top5=test["top5"],
+            seconds=seconds,
+            images_per_s=samples / seconds,
+            samples=int(samples),
+        )
+
+    def _raise_if_nonfinite(self, step: int | None, epoch: int, steps: int) -> None:
+        """UserError naming the first step (0-based ``step``) whose loss was NaN/inf."""
+        if step is None:
+            return
+        kept = (
+            f"the last good checkpoint (epoch {self._saved_epoch}) is kept in "
+            f"{self.checkpoint_path.parent}; "
+            if self._saved_epoch is not None
+            else ""
+        )
+        raise UserError(
+            f"phase {self.phase!r}: the training loss became NaN/inf at epoch {epoch}, "
+            f"step {step + 1} of {steps}; {kept}lower the learning rate and continue with "
+            "`--resume --set train.lr=...`"
+        )
+
+    def _ask_callbacks_to_stop(self, epoch: int, stats: EpochStats) -> bool:
+        votes = [
+            cb.end_of_epoch(epoch, stats) for cb in self.callbacks if hasattr(cb, "end_of_epoch")
+        ]
+        # Every rank must leave the loop together, so one rank's stop stops all.
+        flag = torch.tensor([float(any(votes))], device=self.device)
+        return bool(distributed.all_reduce_sum(flag).item() > 0)
+
+    # ------------------------------------------------------------------------- persistence
+
+    def _record(self, stats: EpochStats, finished: bool) -> None:
+        """Append the epoch to metrics.jsonl, then checkpoint (rank 0 only)."""
+        if self.run_dir is None or not distributed.is_main():
+            return
+        append_entry(self.metrics_path, stats.to_dict())
+        save_checkpoint(self._state(finished), self.checkpoint_path)
+        self._saved_epoch = stats.epoch
+
+    def _state(self, finished: bool) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "phase": self.phase,
+            "start_epoch": self.start_epoch,
+            "epoch": self.last_epoch,
+            "finished": finished,
+            "stopped_early": self.stopped_early,
+            "base_lr": self.base_lr,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+            "ledger": None if self.ledger is None else self.ledger.to_dict(),
+            "callbacks": [
+                cb.state_dict() if hasattr(cb, "state_dict") else None for cb in self.callbacks
+            ],
+            "history": [stats.to_dict() for stats in self.history],
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        where = self.checkpoint_path
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("phase") != self.phase:
+            raise UserError(f"checkpoint {where} is not a phase-{self.phase!r} checkpoint")
+        if state["start_epoch"] != self.start_epoch:
+            raise UserError(
+                f"checkpoint {where} continues a schedule from epoch {state['start_epoch']}, "
+                f"not {self.start_epoch}; delete it to restart the phase"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise UserError(f"checkpoint {where} does not fit this model ({first})") from exc
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["base_lr"] != self.base_lr:
+            rebase_lr(self.scheduler, self.base_lr)
+            log(
+                f"{self.phase}: base lr changed from {state['base_lr']:g} to {self.base_lr:g} "
+                "on resume"
+            )
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
+        if self.ledger is not None and state["ledger"] is not None:
+            _restore_ledger(self.ledger, state["ledger"])
+        for callback, saved in zip(self.callbacks, state["callbacks"], strict=False):
+            if saved is not None and hasattr(callback, "load_state_dict"):
+                callback.load_state_dict(saved)
+        self.history = [EpochStats.from_dict(entry) for entry in state["history"]]
+        self.last_epoch = self._saved_epoch = state["epoch"]
+        self.stopped_early = state["stopped_early"]
+        if distributed.is_main() and self.metrics_path is not None:
+            truncate_phase(self.metrics_path, self.phase, keep_through=self.last_epoch)

@@ -1,0 +1,47 @@
+"""The run's ``metrics.jsonl``: one JSON object per line, one line per epoch and phase.
+
+Lines are appended as epochs finish. A phase that resumes from its checkpoint first drops its
+own lines after the checkpoint's epoch (written before a crash that lost the checkpoint), so
+the file never holds an epoch twice; a torn last line is dropped too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def append_entry(path: Path, entry: dict[str, Any]) -> None:
+    """Append ``entry`` as one line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def read_entries(path: Path) -> list[dict[str, Any]]:
+    """All complete lines of ``path`` (none when it does not exist)."""
+    if not Path(path).is_file():
+        return []
+    entries = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
+
+
+def truncate_phase(path: Path, phase: str, keep_through: int) -> None:
+    """Drop ``phase``'s lines with epoch > ``keep_through`` (and torn lines), atomically."""
+    if not Path(path).is_file():
+        return
+    kept = [
+        entry
+        for entry in read_entries(path)
+        if entry.get("phase") != phase or entry.get("epoch", 0) <= keep_through
+    ]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(entry) + "\n" for entry in kept), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,87 @@
+"""Training precisions as small policy objects the engine asks for, by name.
+
+``fp32`` trains in full precision; ``bf16`` and ``fp16`` run the forward pass under
+``torch.autocast`` (weights, gradients and optimiser state stay fp32), ``fp16`` with a
+``GradScaler`` so small gradients do not flush to zero. CPU autocast supports both on
+recent PyTorch; where a device cannot autocast, :func:`precision_policy` raises a
+:class:`UserError` naming the device.
+
+A new precision (block floating point, for one) subclasses :class:`Precision`, overriding
+``autocast``, ``make_scaler`` or ``prepare`` as it needs, and calls
+:func:`register_precision`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ebcompress.errors import UserError
+
+
+class Precision:
+    """fp32: no autocast, no scaler, the model untouched. Subclasses change the parts."""
+
+    name = "fp32"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model to train (called once, after it was moved to the device)."""
+        return model
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """The context the forward pass and loss run in."""
+        return contextlib.nullcontext()
+
+    def make_scaler(self) -> torch.amp.GradScaler | None:
+        """A gradient scaler, or None when the loss needs no scaling."""
+        return None
+
+
+class AutocastPrecision(Precision):
+    """Mixed precision via ``torch.autocast`` with ``dtype``; fp16 also scales the loss."""
+
+    def __init__(self, device: torch.device, name: str, dtype: torch.dtype) -> None:
+        super().__init__(device)
+        if not torch.amp.is_autocast_available(device.type):
+            raise UserError(
+                f"precision {name!r} is not available on device {device.type!r}; use fp32"
+            )
+        self.name = name
+        self.dtype = dtype
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def make_scaler(self) -> torch.amp.GradScaler | None:
+        if self.dtype != torch.float16:
+            return None
+        return torch.amp.GradScaler(self.device.type)
+
+
+_PRECISIONS: dict[str, Callable[[torch.device], Precision]] = {
+    "fp32": Precision,
+    "bf16": lambda device: AutocastPrecision(device, "bf16", torch.bfloat16),
+    "fp16": lambda device: AutocastPrecision(device, "fp16", torch.float16),
+}
+
+
+def register_precision(name: str, factory: Callable[[torch.device], Precision]) -> None:
+    """Make ``precision: <name>`` build its policy with ``factory(device)``."""
+    _PRECISIONS[name] = factory
+
+
+def precision_policy(name: str, device: torch.device) -> Precision:
+    """The policy for ``name`` on ``device``; UserError for a precision not implemented."""
+    factory = _PRECISIONS.get(name)
+    if factory is None:
+        raise UserError(
+            f"train.precision {name!r} is not implemented in this version; "
+            f"use one of {', '.join(sorted(_PRECISIONS))}"
+        )
+    return factory(torch.device(device))
