@@ -1,0 +1,211 @@
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ebcompress.channels import ChannelGraph, out_width
+from ebcompress.errors import UserError
+from ebcompress.models import build_model
+from ebcompress.slim import group_widths, masked_equivalent, slim
+
+SLOW = pytest.mark.slow
+TOLERANCE = 1e-5
+
+# (model name, constructor kwargs, input side, ratios); randomly initialised, nothing downloads
+ARCHITECTURES = [
+    pytest.param("vgg16_cifar", {"width_mult": 0.25}, 32, (0.3, 0.5), id="vgg16_cifar"),
+    pytest.param(
+        "preresnet_cifar", {"depth": 20, "width_mult": 0.5}, 32, (0.3, 0.5), id="preresnet20"
+    ),
+    pytest.param(
+        "preresnet_cifar",
+        {"depth": 101, "width_mult": 0.25},
+        32,
+        (0.3,),
+        id="preresnet101-bottleneck",
+    ),
+    pytest.param("resnet20_cifar", {"width_mult": 0.5}, 32, (0.3,), id="resnet20_cifar"),
+    pytest.param("timm:resnet18", {}, 32, (0.3,), id="timm-resnet18"),
+    pytest.param("timm:resnet50", {}, 32, (0.3,), id="timm-resnet50", marks=SLOW),
+    pytest.param("timm:mobilenetv2_100", {}, 32, (0.3,), id="timm-mobilenetv2_100", marks=SLOW),
+    pytest.param("timm:efficientnet_b0", {}, 32, (0.3,), id="timm-efficientnet_b0", marks=SLOW),
+    pytest.param("timm:regnetx_002", {}, 64, (0.3, 0.5), id="timm-regnetx_002", marks=SLOW),
+    pytest.param("timm:densenet121", {}, 32, (0.3,), id="timm-densenet121", marks=SLOW),
+    pytest.param("tv:resnet18", {}, 32, (0.3,), id="tv-resnet18"),
+    pytest.param("tv:mobilenet_v3_small", {}, 32, (0.3,), id="tv-mobilenet_v3_small"),
+]
+
+
+def randomize_batchnorms(model: nn.Module, seed: int = 0) -> None:
+    """Random gamma (both signs), beta and running statistics: a non-trivial ranking."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, _BatchNorm):
+                n = module.num_features
+                sign = torch.randint(0, 2, (n,), generator=generator) * 2 - 1
+                module.weight.copy_(sign * (torch.rand(n, generator=generator) * 1.5 + 0.05))
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.3)
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.2)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+
+
+def _model(name: str, side: int = 32, **kwargs) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, **kwargs)
+    randomize_batchnorms(model)
+    return model.eval(), torch.randn(2, 3, side, side)
+
+
+def _assert_exact(model: nn.Module, ticket, x: torch.Tensor) -> nn.Module:
+    slimmed = slim(model, ticket, x)
+    masked = masked_equivalent(model, ticket, x)
+    with torch.no_grad():
+        out, reference, dense = slimmed(x), masked(x), model(x)
+    assert out.shape == dense.shape
+    assert (out - reference).abs().max().item() < TOLERANCE
+    assert (dense - reference).abs().max().item() > 100 * TOLERANCE  # the masking did something
+    modules = dict(slimmed.named_modules())
+    assert {name: out_width(modules[name]) for name in ticket.widths} == ticket.kept_counts()
+    return slimmed
+
+
+@pytest.mark.parametrize(("name", "kwargs", "side", "ratios"), ARCHITECTURES)
+def test_slim_equals_masked_equivalent(name, kwargs, side, ratios):
+    model, x = _model(name, side, **kwargs)
+    graph = ChannelGraph(model, x)
+    for ratio in ratios:
+        ticket = graph.draw(ratio)
+        assert abs(ticket.pruned_fraction - ratio) < 0.02
+        _assert_exact(model, ticket, x)
+
+
+@pytest.mark.parametrize("name", ["preresnet_cifar", "timm:regnetx_002", "tv:mobilenet_v3_small"])
+def test_slim_model_traces_to_the_tickets_widths(name):
+    model, x = _model(name)
+    ticket = ChannelGraph(model, x).draw(0.4)
+    assert group_widths(slim(model, ticket, x), x) == ticket.kept_counts()
+
+
+def test_slim_leaves_the_original_untouched():
+    model, x = _model("resnet20_cifar", width_mult=0.5)
+    model.train()
+    params = dict(model.named_parameters())
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    slimmed = slim(model, ChannelGraph(model, x).draw(0.5), x)
+    assert model.training and all(module.training for module in model.modules())
+    assert dict(model.named_parameters()) == params
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert sum(p.numel() for p in slimmed.parameters()) < sum(p.numel() for p in params.values())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_slim_preserves_modes_and_requires_grad(training):
+    model, x = _model("resnet20_cifar", width_mult=0.5)
+    model.train(training)
+    model.conv1.weight.requires_grad_(False)
+    slimmed = slim(model, ChannelGraph(model, x).draw(0.3), x)
+    assert all(module.training == training for module in slimmed.modules())
+    assert not slimmed.conv1.weight.requires_grad
+    assert slimmed.layer1[0].conv1.weight.requires_grad
+
+
+def test_fingerprint_mismatch_is_a_user_error_naming_the_group():
+    wide, x = _model("resnet20_cifar", width_mult=0.5)
+    narrow, _ = _model("resnet20_cifar", width_mult=0.25)
+    ticket = ChannelGraph(wide, x).draw(0.3)
+    with pytest.raises(UserError, match="'conv1' is 8 wide in the ticket, 4 in the model"):
+        slim(narrow, ticket, x)
+    with pytest.raises(UserError, match="ticket does not fit"):
+        masked_equivalent(narrow, ticket, x)
+    tampered = dataclasses.replace(ticket, fingerprint="0" * 16)
+    with pytest.raises(UserError, match="fingerprint"):
+        slim(wide, tampered, x)
+
+
+def test_head_is_never_pruned_and_no_group_is_emptied():
+    model, x = _model("tv:mobilenet_v3_small")  # depthwise groups go down to one channel
+    ticket = ChannelGraph(model, x).draw(0.99)
+    assert min(ticket.kept_counts().values()) == 1
+    slimmed = _assert_exact(model, ticket, x)
+    assert slimmed.classifier[-1].out_features == 10
+    assert all(out_width(m) > 0 for m in slimmed.modules() if out_width(m) is not None)
+
+
+def test_round_to_and_uniform_tickets_slim_exactly():
+    model, x = _model("resnet20_cifar", width_mult=0.5)
+    graph = ChannelGraph(model, x)
+    rounded = graph.draw(0.5, round_to=4)
+    assert all(count % 4 == 0 for count in rounded.kept_counts().values())
+    _assert_exact(model, rounded, x)
+    _assert_exact(model, graph.draw(0.5, scope="uniform"), x)
+
+
+def test_grouped_convolution_slims_exactly():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 12, 3, padding=1, groups=4),
+        nn.BatchNorm2d(12),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(12, 3),
+    )
+    randomize_batchnorms(model)
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    ticket = ChannelGraph(model, x).draw(0.5)
+    slimmed = _assert_exact(model, ticket, x)
+    assert slimmed[3].groups == 4 and slimmed[3].in_channels == 4
+
+
+def test_ignored_layers_stay_dense_and_must_be_given_to_slim():
+    model, x = _model("resnet20_cifar", width_mult=0.5)
+    ignored = [model.layer1[0].conv1]
+    ticket = ChannelGraph(model, x, ignored_layers=ignored).draw(0.5)
+    assert "layer1.0.conv1" not in ticket.widths
+    slimmed = slim(model, ticket, x, graph_ignored_layers=ignored)
+    assert slimmed.layer1[0].conv1.out_channels == model.layer1[0].conv1.out_channels
+    by_name = slim(model, ticket, x, graph_ignored_layers=["layer1.0.conv1"])
+    assert by_name.layer1[0].conv1.out_channels == model.layer1[0].conv1.out_channels
+    with pytest.raises(UserError, match="'layer1.0.conv1' is missing from the ticket"):
+        slim(model, ticket, x)
+
+
+def test_masked_equivalent_keeps_shapes_and_zeroes_pruned_slices():
+    model, x = _model("resnet20_cifar", width_mult=0.5)
+    ticket = ChannelGraph(model, x).draw(0.5)
+    masked = masked_equivalent(model, ticket, x)
+    pruned = ticket.pruned("layer1.0.conv1")
+    assert masked.layer1[0].conv1.weight.shape == model.layer1[0].conv1.weight.shape
+    assert masked.layer1[0].bn1.weight[pruned].abs().sum() == 0
+    assert masked.layer1[0].bn1.bias[pruned].abs().sum() == 0
+    assert masked.layer1[0].conv1.weight[pruned].abs().sum() == 0
+    assert masked.layer1[0].conv2.weight[:, pruned].abs().sum() == 0
+    assert model.layer1[0].bn1.weight[pruned].abs().sum() > 0  # the original keeps them
+
+
+class HiddenChannels(nn.Module):
+    """Adds a buffer of fixed width that torch-pruning cannot see: slimming must fail loudly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.register_buffer("offset", torch.ones(1, 8, 1, 1))
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc((self.bn(self.conv(x)) + self.offset).mean(dim=(2, 3)))
+
+
+def test_architecture_that_cannot_be_slimmed_names_the_layer():
+    model = HiddenChannels().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(UserError, match="fails at layer 'bn'"):
+        slim(model, ChannelGraph(model, x).draw(0.5), x)
