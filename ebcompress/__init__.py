@@ -1,8 +1,46 @@
-"""ebcompress: Early-Bird ticket training and graph-aware channel slimming for PyTorch CNNs."""
+"""ebcompress: Early-Bird ticket training and graph-aware channel slimming for PyTorch CNNs.
 
+The core API fits your own training loop::
+
+    bird = eb.EarlyBird(model, example_inputs=torch.randn(1, 3, 224, 224), ratio=0.3)
+    ...                                   # after loss.backward(): bird.regularize()
+    if bird.step(): ...                   # at the end of an epoch: True once the ticket emerged
+    slim = eb.slim(model, bird.ticket)    # physically slimmed copy, weights inherited
+    eb.export(slim, "model_eb", ticket=bird.ticket, spec=...)   # pickle-free; eb.load(...)
+"""
+
+from ebcompress.channels import ChannelGraph, draw_ticket
+from ebcompress.earlybird import EarlyBird, MaskHistory
 from ebcompress.errors import UserError
+from ebcompress.export import ModelSpec, export, load
+from ebcompress.flops import FlopCount, TrainingLedger, count_flops
+from ebcompress.models import build_model
+from ebcompress.recipe import Recipe, load_recipe
+from ebcompress.slim import masked_equivalent, slim
+from ebcompress.sparsity import BNL1Regularizer
 from ebcompress.ticket import Ticket, mask_distance
 
 __version__ = "0.1.0"
 
-__all__ = ["Ticket", "UserError", "mask_distance", "__version__"]
+__all__ = [
+    "BNL1Regularizer",
+    "ChannelGraph",
+    "EarlyBird",
+    "FlopCount",
+    "MaskHistory",
+    "ModelSpec",
+    "Recipe",
+    "Ticket",
+    "TrainingLedger",
+    "UserError",
+    "__version__",
+    "build_model",
+    "count_flops",
+    "draw_ticket",
+    "export",
+    "load",
+    "load_recipe",
+    "mask_distance",
+    "masked_equivalent",
+    "slim",
+]

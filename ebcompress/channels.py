@@ -251,6 +251,7 @@ class ChannelGraph:
         ignored_layers: Sequence[nn.Module] = (),
     ) -> None:
         _, self._handles = trace_channel_groups(model, example_inputs, ignored_layers)
+        self.input_shape = tuple(int(d) for d in example_inputs.shape[1:])
         if not self._handles:
             raise UserError(
                 f"model {type(model).__name__} has no prunable channel groups (no conv/linear "
@@ -355,7 +356,12 @@ class ChannelGraph:
             importance="bn_gamma" if importance is None else "custom",
             model_name=model_name,
             fingerprint=self.fingerprint,
-            extra={"scope": scope, "min_keep": min_keep, "round_to": round_to},
+            extra={
+                "scope": scope,
+                "min_keep": min_keep,
+                "round_to": round_to,
+                "input_shape": list(self.input_shape),  # lets slim() trace without an input
+            },
         )
 
     def _scores(self, importance: dict[str, torch.Tensor] | None) -> np.ndarray:

@@ -69,7 +69,9 @@ class TrainConfig(_Section):
     def _milestones_inside_schedule(self) -> TrainConfig:
         bad = [m for m in self.milestones if not 0 < m < self.epochs]
         if bad:
-            raise ValueError(f"milestones {bad} must lie strictly between 0 and epochs={self.epochs}")
+            raise ValueError(
+                f"milestones {bad} must lie strictly between 0 and epochs={self.epochs}"
+            )
         if sorted(self.milestones) != self.milestones:
             raise ValueError(f"milestones {self.milestones} must be increasing")
         return self

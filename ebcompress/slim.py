@@ -20,7 +20,13 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning import ops
 
-from ebcompress.channels import GroupHandle, first_sample, modes_preserved, out_width
+from ebcompress.channels import (
+    GroupHandle,
+    first_sample,
+    model_device,
+    modes_preserved,
+    out_width,
+)
 from ebcompress.channels import trace_channel_groups as _trace
 from ebcompress.errors import UserError
 from ebcompress.ticket import Ticket, structure_fingerprint
@@ -31,7 +37,7 @@ LayerRef = nn.Module | str
 def slim(
     model: nn.Module,
     ticket: Ticket,
-    example_inputs: torch.Tensor,
+    example_inputs: torch.Tensor | None = None,
     *,
     graph_ignored_layers: Sequence[LayerRef] = (),
 ) -> nn.Module:
@@ -44,8 +50,10 @@ def slim(
 
     Raises UserError when the ticket was drawn from another structure, and when the slimmed
     copy does not have the ticket's widths or cannot run ``example_inputs`` (naming the
-    layer) — nothing is ever returned half-pruned.
+    layer) — nothing is ever returned half-pruned. ``example_inputs`` defaults to a random
+    batch of the shape the ticket was drawn with.
     """
+    example_inputs = resolve_example_inputs(model, ticket, example_inputs)
     slimmed = copy.deepcopy(model)
     requires_grad = {name: p.requires_grad for name, p in slimmed.named_parameters()}
     with modes_preserved(slimmed):
@@ -66,7 +74,7 @@ def slim(
 def masked_equivalent(
     model: nn.Module,
     ticket: Ticket,
-    example_inputs: torch.Tensor,
+    example_inputs: torch.Tensor | None = None,
     *,
     graph_ignored_layers: Sequence[LayerRef] = (),
 ) -> nn.Module:
@@ -81,6 +89,7 @@ def masked_equivalent(
     columns zeroed a pruned channel contributes nothing whatever it carries, so in eval mode
     ``masked_equivalent(x) == slim(x)`` up to float rounding, for every architecture.
     """
+    example_inputs = resolve_example_inputs(model, ticket, example_inputs)
     masked = copy.deepcopy(model)
     with modes_preserved(masked):
         graph, handles = _matching_groups(
@@ -93,6 +102,22 @@ def masked_equivalent(
                     for item in _pruning_group(graph, handle, pruned):
                         _zero(graph, item.dep, item.idxs)
     return masked
+
+
+def resolve_example_inputs(
+    model: nn.Module, ticket: Ticket, example_inputs: torch.Tensor | None
+) -> torch.Tensor:
+    """``example_inputs``, or a random batch of one in the shape recorded in the ticket."""
+    if example_inputs is not None:
+        return example_inputs
+    shape = ticket.extra.get("input_shape")
+    if not shape:
+        raise UserError(
+            "this ticket records no input shape; pass example_inputs (one batch, e.g. "
+            "torch.randn(1, 3, 32, 32))"
+        )
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(1, *shape, generator=generator).to(model_device(model))
 
 
 def group_widths(

@@ -162,7 +162,7 @@ class Ticket:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise UserError(
-                f"ticket file {str(path)!r} is not valid JSON (line {exc.lineno}); re-run the search"
+                f"ticket file {str(path)!r} is not valid JSON (line {exc.lineno})"
             ) from None
         return cls.from_dict(data, where=f"ticket file {str(path)!r}")
 

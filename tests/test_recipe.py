@@ -34,7 +34,9 @@ def test_base_chain_applies_deltas_only() -> None:
 
 
 def test_overrides_are_typed() -> None:
-    r = load_recipe("quickstart", ["train.lr=0.05", "prune.watch_ratios=[0.5]", "retrain.mode=reinit"])
+    r = load_recipe(
+        "quickstart", ["train.lr=0.05", "prune.watch_ratios=[0.5]", "retrain.mode=reinit"]
+    )
     assert r.train.lr == 0.05 and r.prune.watch_ratios == [0.5] and r.retrain.mode == "reinit"
     assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
 
@@ -91,3 +93,22 @@ def test_resolved_recipe_round_trips_through_yaml(tmp_path) -> None:
     path.write_text(recipe.to_yaml())
     again = load_recipe(str(path))
     assert again.to_dict() | {"name": recipe.name} == recipe.to_dict()
+
+
+def test_docs_list_every_recipe_field() -> None:
+    from pathlib import Path
+
+    from pydantic import BaseModel
+
+    doc = (Path(__file__).parents[1] / "docs" / "recipes.md").read_text()
+
+    def fields(model: type[BaseModel], prefix: str = ""):
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                yield from fields(ann, f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}"
+
+    missing = [f for f in fields(Recipe) if f"| `{f}` |" not in doc]
+    assert not missing, f"docs/recipes.md lacks {missing}"

@@ -1,0 +1,3 @@
+from ebcompress.cli.app import main
+
+main()

@@ -1,0 +1,69 @@
+"""The typer application and the one place where user errors become exit code 2.
+
+Sub-command modules register themselves on :data:`app` when imported; :func:`main` imports
+them all, runs the app, and turns a :class:`~ebcompress.errors.UserError` (or a typer usage
+error) into one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+from typer.exceptions import TyperException
+
+from ebcompress.errors import UserError
+
+app = typer.Typer(
+    name="ebcompress",
+    help="Early-Bird ticket training and graph-aware channel slimming for PyTorch CNNs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module adds its commands to `app` on import.
+COMMAND_MODULES = (
+    "ebcompress.cli.info",
+    "ebcompress.cli.prune",
+    "ebcompress.cli.compare",
+    "ebcompress.cli.export",
+    "ebcompress.cli.report",
+)
+
+EXIT_USER_ERROR = 2
+
+
+def _register_commands() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real missing dependency, not a command still to be written
+                raise
+
+
+def fail(message: str) -> None:
+    """Print one line to stderr and exit with the user-error status."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        fail(str(exc))
+    except TyperException as exc:  # typer's (vendored click) usage errors
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        fail(f"{exc.format_message()}{hint}")
+    except typer.Abort:
+        fail("aborted")
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        fail("interrupted; resume with --resume")

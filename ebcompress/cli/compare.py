@@ -1,0 +1,85 @@
+"""``ebcompress compare``: several methods and ratios on one recipe, side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ebcompress import distributed as dist
+from ebcompress.cli.app import app
+from ebcompress.cli.prune import RECIPE_HELP
+from ebcompress.errors import UserError
+from ebcompress.recipe import load_recipe
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(
+            f"{option} {text!r}: expected comma-separated numbers, e.g. 0.3,0.5"
+        ) from None
+
+
+@app.command()
+def compare(
+    recipe: str = typer.Option(..., "--recipe", "-r", help=RECIPE_HELP),
+    methods: str = typer.Option("eb,ns,lt,snip,thinet", help="comma-separated method keys"),
+    ratios: str | None = typer.Option(None, help="comma-separated ratios (default: the recipe's)"),
+    data: str | None = typer.Option(None, "--data", help="data set folder (overrides data.root)"),
+    out: Path | None = typer.Option(None, "--out", help="folder (default runs/compare_<recipe>)"),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="dotted override, e.g. --set train.lr=0.05"
+    ),
+    device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+) -> None:
+    """Run each method at each ratio (finished runs are kept) and write compare.{md,csv,json}."""
+    from ebcompress.compare import run_compare
+    from ebcompress.method import available_methods
+
+    resolved = load_recipe(recipe, overrides)
+    keys = [m.strip() for m in methods.split(",") if m.strip()]
+    known = available_methods()
+    for key in keys:
+        if key not in known:
+            raise UserError(f"--methods: unknown method {key!r}; choose from {', '.join(known)}")
+    points = _floats(ratios, "--ratios") if ratios else [resolved.prune.ratio]
+    dist.init_from_env(device)
+    folder = out or Path("runs") / f"compare_{resolved.name}"
+    result = run_compare(
+        resolved, folder, methods=keys, ratios=points, data_root=data, device=device
+    )
+    if dist.is_main():
+        print_table(result)
+        Console().print(f"written: {folder / 'compare.md'}, compare.csv, compare.json")
+
+
+def print_table(result: dict) -> None:
+    rows = result["rows"]
+    table = Table(title=f"compare: {result['recipe']}")
+    for column in ("method", "ratio", "top-1 %", "train FLOPs", "wall s", "params", "MACs"):
+        table.add_column(column, justify="right" if column != "method" else "left")
+    for r in rows:
+        table.add_row(
+            r["method"],
+            f"{r['ratio']:g}",
+            f"{r['test_top1'] * 100:.2f}",
+            f"{r['total_flops']:.3e}",
+            f"{r['seconds']:.0f}",
+            f"{r['params']:,}",
+            f"{r['macs']:,}",
+        )
+    for ratio, gain in result["improvement"].items():
+        table.add_row(
+            f"eb vs {gain['competitor']}",
+            ratio,
+            f"{gain['accuracy_points']:+.2f} pts",
+            f"{gain['flops_ratio']:.2f}x fewer",
+            f"{gain['time_ratio']:.2f}x",
+            "",
+            "",
+        )
+    Console().print(table)

@@ -1,0 +1,65 @@
+"""``ebcompress prune``: run one pruning method end to end into a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+
+from ebcompress import distributed as dist
+from ebcompress.cli.app import app
+from ebcompress.recipe import load_recipe
+
+RECIPE_HELP = "a shipped recipe name (see `ebcompress recipes`) or a path to a YAML file"
+
+
+@app.command()
+def prune(
+    recipe: str = typer.Option(..., "--recipe", "-r", help=RECIPE_HELP),
+    method: str | None = typer.Option(
+        None, help="eb | ns | lt | snip | thinet (overrides prune.method)"
+    ),
+    data: str | None = typer.Option(None, "--data", help="data set folder (overrides data.root)"),
+    out: Path | None = typer.Option(None, "--out", help="run directory (default runs/<recipe>)"),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="dotted override, e.g. --set train.lr=0.05"
+    ),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out"),
+    device: str | None = typer.Option(
+        None, help="cpu | cuda | cuda:1 (default: cuda if available)"
+    ),
+) -> None:
+    """Search for a ticket, slim the network, retrain it, export it and write the report."""
+    from ebcompress.pipeline import run_pipeline
+
+    sets = [*overrides, f"prune.method={method}"] if method else list(overrides)
+    resolved = load_recipe(recipe, sets)
+    dist.init_from_env(device)
+    run_dir = out or Path("runs") / resolved.name
+    report = run_pipeline(
+        resolved, run_dir, data_root=data, resume=resume, overwrite=overwrite, device=device
+    )
+    if dist.is_main():
+        print_summary(report, run_dir)
+
+
+def print_summary(report: dict, run_dir: Path) -> None:
+    """The end-of-run panel: ticket, accuracy, size, cost, and where things are."""
+    t, m, c, acc = report["ticket"], report["model"], report["cost"], report["accuracy"]
+    when = f"epoch {t['epoch']}" + ("" if t["emerged"] else " (did not emerge; newest mask)")
+    text = "\n".join(
+        [
+            f"[bold]{report['method']}[/] ticket at p={t['ratio']:g}: {when}",
+            f"test top-1 {acc['test_top1'] * 100:.2f} %   top-5 {acc['test_top5'] * 100:.2f} %",
+            f"params {m['dense']['params']:,} -> {m['slim']['params']:,}   "
+            f"MACs {m['dense']['macs']:,} -> {m['slim']['macs']:,} ({m['mac_reduction']:.2f}x)",
+            f"training FLOPs {c['total_flops']:.3e} vs {c['dense_reference_flops']:.3e} dense "
+            f"({c['saving_vs_dense']:.2f}x less)",
+            f"report: {run_dir / 'report.md'}",
+            f"slim model: {run_dir / 'model'}",
+        ]
+    )
+    Console().print(Panel(text, title="ebcompress", expand=False))

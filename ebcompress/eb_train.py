@@ -1,0 +1,108 @@
+"""EB Train as a pipeline Method (You et al., ICLR 2020, Algorithm 1).
+
+Search trains the dense network with the BN-L1 subgradient and draws a mask every epoch; it
+stops as soon as the primary ratio's ticket emerges (or at ``prune.max_search_epochs``, then
+drawing the newest mask and saying so). Retraining inherits the ticket's weights and
+continues the dense schedule from the Early-Bird epoch (``retrain.mode: finetune``), or
+re-initialises and runs the whole schedule (``reinit``). Unlike the paper's reference code,
+finetune really carries the weights over.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ebcompress.earlybird import EarlyBird
+from ebcompress.engine import EpochStats, Trainer
+from ebcompress.method import (
+    RetrainPlan,
+    RunContext,
+    SearchOutcome,
+    register_method,
+    retrain_epochs_after_search,
+)
+from ebcompress.progress import log
+
+
+class _DistanceLine:
+    """After each search epoch, print the window's mask distance so a user watches emergence."""
+
+    def __init__(self, bird: EarlyBird, epsilon: float) -> None:
+        self.bird = bird
+        self.epsilon = epsilon
+
+    def end_of_epoch(self, epoch: int, stats: EpochStats) -> bool:
+        parts = []
+        for ratio in self.bird.ratios:
+            latest = self.bird.window_distance(ratio)
+            shown = "filling window" if latest is None else f"{latest:.4f}"
+            mark = " emerged" if self.bird.emerged_epoch.get(ratio) is not None else ""
+            parts.append(f"p={ratio:g}: {shown}{mark}")
+        log(
+            f"epoch {epoch}: max mask distance in window (eps {self.epsilon:g}) " + ", ".join(parts)
+        )
+        return False
+
+
+@register_method
+class EarlyBirdTrain:
+    """Early-Bird ticket search followed by slim retraining."""
+
+    key: ClassVar[str] = "eb"
+    title: ClassVar[str] = "EB Train"
+
+    def search(self, run: RunContext) -> SearchOutcome:
+        recipe = run.recipe
+        prune = recipe.prune
+        bird = EarlyBird(
+            run.model,
+            run.example_inputs,
+            ratio=[prune.ratio, *[r for r in prune.watch_ratios if r != prune.ratio]],
+            epsilon=prune.epsilon,
+            window=prune.window,
+            sparsity=prune.sparsity,
+            scope=prune.scope,
+            min_keep=prune.min_keep,
+            round_to=prune.round_to,
+            model_name=recipe.model.name,
+        )
+        limit = min(prune.max_search_epochs or recipe.train.epochs, recipe.train.epochs)
+        trainer = Trainer(
+            run.model,
+            run.data,
+            recipe.train,
+            phase="search",
+            end_epoch=limit,
+            callbacks=[bird, _DistanceLine(bird, prune.epsilon)],
+            run_dir=run.run_dir,
+            device=run.device,
+            seed=recipe.seed,
+            ledger=run.ledger,
+            macs_per_sample=run.dense_macs,
+            progress=run.progress,
+            num_workers=recipe.data.num_workers,
+        )
+        trainer.fit(resume=run.resume)
+        if run.run_dir is not None:
+            bird.history.save(run.run_dir / "masks")
+        extra: dict[str, Any] = {
+            "emerged_epochs": {f"{r:g}": e for r, e in bird.emerged_epoch.items()},
+            "window_max_distances": {
+                f"{r:g}": bird.history.window_max_distances(r) for r in bird.ratios
+            },
+        }
+        if bird.ticket is not None:
+            return SearchOutcome(bird.ticket, trainer.last_epoch, emerged=True, extra=extra)
+        ticket = bird.latest_ticket()
+        note = (
+            f"no ticket emerged within {trainer.last_epoch} epochs (epsilon {prune.epsilon:g}, "
+            f"window {prune.window}); drew the newest mask instead"
+        )
+        log(note)
+        return SearchOutcome(ticket, trainer.last_epoch, emerged=False, note=note, extra=extra)
+
+    def retrain_plan(self, run: RunContext, outcome: SearchOutcome) -> RetrainPlan:
+        start, end = retrain_epochs_after_search(run.recipe, outcome.search_epochs)
+        return RetrainPlan(
+            start_epoch=start, end_epoch=end, reinit=run.recipe.retrain.mode == "reinit"
+        )

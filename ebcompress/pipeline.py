@@ -1,0 +1,340 @@
+"""One method, one run directory: search, ticket, slim, retrain, evaluate, export, report.
+
+Each phase checkpoints as it goes, so ``resume=True`` continues a killed run where it stopped
+and a finished phase is not run again. Only rank 0 writes. The run directory layout is the
+one in docs/architecture.md::
+
+    recipe.yaml  state.json  metrics.jsonl  masks/  ticket.json  checkpoints/  model/
+    report.json  report.md  plots/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ebcompress import distributed as dist
+from ebcompress.data import DataSplit, load_data
+from ebcompress.engine import Trainer
+from ebcompress.errors import UserError
+from ebcompress.export import ModelSpec, export, export_bundle
+from ebcompress.flops import TrainingLedger, count_flops
+from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, get_method
+from ebcompress.models import build_model
+from ebcompress.recipe import Recipe, TrainConfig
+from ebcompress.report import write_report
+from ebcompress.slim import slim
+
+STATE_FILE = "state.json"
+LOCK_FILE = "run.lock"
+
+
+def run_pipeline(
+    recipe: Recipe,
+    out_dir: str | os.PathLike[str],
+    *,
+    data_root: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``recipe.prune.method`` end to end into ``out_dir`` and return the report."""
+    run_dir = Path(out_dir)
+    if dist.is_main():
+        _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    dist.barrier()
+    with _run_lock(run_dir):
+        return _run(
+            recipe, run_dir, data_root=data_root, resume=resume, device=device, progress=progress
+        )
+
+
+def _run(
+    recipe: Recipe,
+    run_dir: Path,
+    *,
+    data_root: str | None,
+    resume: bool,
+    device: str | None,
+    progress: bool,
+) -> dict[str, Any]:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    method = get_method(recipe.prune.method)
+    if dist.is_main():
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    data = load_data(recipe.data, root=data_root, seed=recipe.seed)
+    input_size = (data.in_chans, data.image_size, data.image_size)
+
+    def build_dense(seed_offset: int = 0) -> nn.Module:
+        torch.manual_seed(recipe.seed + seed_offset)
+        net = build_model(recipe.model.name, data.num_classes, data.in_chans, **recipe.model.kwargs)
+        return net.to(dev)
+
+    model = build_dense()
+    example_inputs = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(dev)
+    dense_cost = count_flops(model, input_size)
+    ledger = TrainingLedger()
+    run = RunContext(
+        recipe=recipe,
+        data=data,
+        model=model,
+        example_inputs=example_inputs,
+        run_dir=run_dir,
+        ledger=ledger,
+        device=dev,
+        dense_macs=dense_cost.macs,
+        resume=resume,
+        progress=progress,
+        build_dense=lambda: build_dense(seed_offset=1),
+        initial_state={k: v.detach().clone() for k, v in model.state_dict().items()},
+    )
+    _write_state(run_dir, {"status": "search", "method": method.key})
+    _seed_phase(recipe.seed, "search")
+    outcome = method.search(run)
+    if dist.is_main():
+        outcome.ticket.save(run_dir / "ticket.json")
+    plan = method.retrain_plan(run, outcome)
+    slim_model = _slim_for_retrain(run, outcome, plan)
+    slim_cost = count_flops(slim_model, input_size)
+    _write_state(run_dir, {"status": "retrain", "method": method.key})
+    _seed_phase(recipe.seed, "retrain")
+    trainer = Trainer(
+        slim_model,
+        data,
+        _retrain_schedule(recipe.train, plan),
+        phase="retrain",
+        start_epoch=plan.start_epoch,
+        end_epoch=plan.end_epoch,
+        lr=plan.lr or recipe.retrain.lr,
+        precision=recipe.retrain.precision,
+        callbacks=plan.callbacks,
+        run_dir=run_dir,
+        device=dev,
+        seed=recipe.seed,
+        ledger=ledger,
+        macs_per_sample=slim_cost.macs,
+        progress=progress,
+        num_workers=recipe.data.num_workers,
+    )
+    history = trainer.fit(resume=resume)
+    final = trainer.evaluate()
+    if not dist.is_main():
+        return {}
+    spec = ModelSpec(
+        arch=recipe.model.name,
+        build_kwargs=dict(recipe.model.kwargs),
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        input_size=input_size,
+        mean=tuple(data.mean),
+        std=tuple(data.std),
+    )
+    unwrapped = dist.unwrap(slim_model)
+    export_bundle(unwrapped, run_dir / "model", spec=spec, ticket=outcome.ticket)
+    for fmt in recipe.export.formats:
+        if fmt != "bundle":
+            export(
+                unwrapped,
+                run_dir / "model" / f"model.{'pt2' if fmt == 'pt2' else fmt}",
+                format=fmt,
+                spec=spec,
+                ticket=outcome.ticket,
+                example_inputs=example_inputs,
+                opset=recipe.export.opset,
+                dynamic_batch=recipe.export.dynamic_batch,
+            )
+    results = _results(recipe, method.key, outcome, plan, data, ledger, history, final)
+    results["model"] = {
+        "name": recipe.model.name,
+        "input_size": list(input_size),
+        "dense": dense_cost.to_dict(),
+        "slim": slim_cost.to_dict(),
+        "mac_reduction": dense_cost.macs / max(slim_cost.macs, 1),
+        "param_reduction": dense_cost.params / max(slim_cost.params, 1),
+    }
+    results["cost"]["dense_reference_flops"] = ledger.dense_reference(
+        dense_cost.macs, len(data.train), recipe.train.epochs
+    )
+    results["cost"]["saving_vs_dense"] = results["cost"]["dense_reference_flops"] / max(
+        ledger.total_flops, 1
+    )
+    _write_state(run_dir, {"status": "finished", "method": method.key, "results": results})
+    return write_report(run_dir)
+
+
+def _seed_phase(seed: int, phase: str) -> None:
+    """Seed the global RNGs at a phase boundary, so a run resumed there draws what an
+    uninterrupted one would (inside a phase the checkpoint carries the RNG states)."""
+    offset = {"search": 0, "retrain": 1_000_003}[phase]
+    torch.manual_seed(seed + offset)
+    np.random.seed((seed + offset) % 2**32)
+    random.seed(seed + offset)
+
+
+def _slim_for_retrain(run: RunContext, outcome: SearchOutcome, plan: RetrainPlan) -> nn.Module:
+    """The network the retrain phase starts from: slimmed to the ticket, weights per the plan."""
+    model = dist.unwrap(run.model)
+    if plan.reinit:
+        if run.build_dense is None:
+            raise RuntimeError("reinit needs RunContext.build_dense")
+        model = run.build_dense()
+    elif plan.start_state is not None:
+        model.load_state_dict(plan.start_state)
+    model.train()
+    return slim(model, outcome.ticket, run.example_inputs)
+
+
+def _retrain_schedule(train: TrainConfig, plan: RetrainPlan) -> TrainConfig:
+    """The dense schedule, or the same shape scaled onto a window that ends elsewhere."""
+    if plan.end_epoch == train.epochs:
+        return train
+    scale = plan.end_epoch / train.epochs
+    milestones = sorted({max(1, round(m * scale)) for m in train.milestones} - {plan.end_epoch})
+    milestones = [m for m in milestones if m < plan.end_epoch]
+    return train.model_copy(update={"epochs": plan.end_epoch, "milestones": milestones})
+
+
+def _results(
+    recipe: Recipe,
+    method_key: str,
+    outcome: SearchOutcome,
+    plan: RetrainPlan,
+    data: DataSplit,
+    ledger: TrainingLedger,
+    history: list[Any],
+    final: dict[str, Any],
+) -> dict[str, Any]:
+    ticket = outcome.ticket
+    return {
+        "run": recipe.name,
+        "method": method_key,
+        "seed": recipe.seed,
+        "data": {"name": data.name, "train": len(data.train), "test": len(data.test)},
+        "ticket": {
+            "ratio": ticket.ratio,
+            "epoch": ticket.epoch,
+            "emerged": outcome.emerged,
+            "note": outcome.note,
+            "pruned_fraction": ticket.pruned_fraction,
+            "num_channels": ticket.num_channels,
+            "num_kept": ticket.num_kept,
+        },
+        "search": {"epochs": outcome.search_epochs, **outcome.extra},
+        "retrain": {
+            "mode": "reinit" if plan.reinit else "inherit",
+            "start_epoch": plan.start_epoch,
+            "end_epoch": plan.end_epoch,
+            "epochs": plan.end_epoch - plan.start_epoch,
+            "history_epochs": len(history),
+        },
+        "accuracy": {
+            "test_top1": final["top1"],
+            "test_top5": final["top5"],
+            "test_loss": final["loss"],
+        },
+        "cost": ledger.to_dict(),
+    }
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    state = _read_state(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            _refuse_if_locked(run_dir)
+            shutil.rmtree(run_dir)
+        elif state is None and not (run_dir / "recipe.yaml").exists():
+            raise UserError(
+                f"--out {str(run_dir)!r} is a non-empty folder that holds no ebcompress run; "
+                "choose another --out"
+            )
+        elif state is not None and state.get("status") == "finished":
+            raise UserError(
+                f"{str(run_dir)!r} already holds a finished run; use --overwrite or another --out"
+            )
+        elif not resume:
+            raise UserError(
+                f"{str(run_dir)!r} holds an unfinished run; continue it with --resume "
+                "or start afresh with --overwrite"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _read_state(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+
+
+def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    if not dist.is_main():
+        return
+    state = {**state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = run_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / STATE_FILE)
+
+
+def _lock_owner(run_dir: Path) -> int | None:
+    try:
+        pid = int((run_dir / LOCK_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # a stale lock from a killed run
+    except PermissionError:
+        pass
+    return pid
+
+
+def _refuse_if_locked(run_dir: Path) -> None:
+    pid = _lock_owner(run_dir)
+    if pid is not None and pid != os.getpid():
+        raise UserError(
+            f"another ebcompress process (pid {pid}) is writing {str(run_dir)!r}; "
+            "wait for it or choose another --out"
+        )
+
+
+@contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """One writer per run directory; a lock left by a killed process is taken over."""
+    if not dist.is_main():
+        yield
+        return
+    lock = run_dir / LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            _refuse_if_locked(run_dir)
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise UserError(f"could not lock {str(lock)!r}; remove it if no ebcompress run is active")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)

@@ -1,0 +1,106 @@
+"""The command line: user mistakes exit 2 with one line; the info commands work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ebcompress.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["prune", "--recipe", "no_such_recipe"], "unknown recipe 'no_such_recipe'"),
+        (["prune", "--recipe", "quickstart", "--set", "prune.ratio=1.5"], "prune.ratio"),
+        (
+            ["prune", "--recipe", "quickstart", "--set", "train.epoch=3"],
+            "unknown key 'train.epoch'",
+        ),
+        (["prune", "--recipe", "quickstart", "--method", "magic"], "prune.method"),
+        (["prune", "--recipe", "/no/such.yaml"], "does not exist"),
+        (["prune"], "Missing option '--recipe'"),
+        (["prune", "--recipe", "quickstart", "--bogus"], "No such option"),
+        (["flops", "vgg16_cifar", "--epochs", "3"], "give both --epochs and --samples"),
+        (["flops", "no_such_model_xyz"], "no_such_model_xyz"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(capsys, argv, expected) -> None:
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert expected in lines[0]
+    assert "Traceback" not in err + out
+
+
+def test_prune_refuses_a_missing_data_folder(capsys, tmp_path) -> None:
+    missing = tmp_path / "nowhere"
+    code, _, err = run_cli(
+        capsys,
+        "prune",
+        "--recipe",
+        "quickstart",
+        "--set",
+        "data.name=fashion_mnist",
+        "--data",
+        str(missing),
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert code == 2 and str(missing) in err and len(err.strip().splitlines()) == 1
+
+
+def test_recipes_lists_the_shipped_recipes(capsys) -> None:
+    code, out, _ = run_cli(capsys, "recipes")
+    assert code == 0
+    for name in ("quickstart", "vgg16_cifar10_p30", "resnet50_imagenet_p30"):
+        assert name in out
+
+
+def test_flops_reports_macs_flops_params_and_training_flops(capsys) -> None:
+    code, out, _ = run_cli(
+        capsys,
+        "flops",
+        "vgg16_cifar",
+        "--input-size",
+        "3",
+        "32",
+        "32",
+        "--num-classes",
+        "10",
+        "--epochs",
+        "160",
+        "--samples",
+        "50000",
+        "--json",
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert round(data["macs"] / 1e6, 1) == 314.6
+    assert data["flops"] == 2 * data["macs"]
+    assert data["training_flops"] == 3 * 2 * data["macs"] * 50000 * 160
+
+
+def test_console_script_entry_point_runs_as_a_module() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ebcompress", "prune", "--recipe", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown recipe 'nope'")

@@ -1,0 +1,197 @@
+"""Finished run directories written with the real classes (MaskHistory, Ticket, TrainingLedger,
+EpochStats, Recipe) in the pipeline's layout, without training: fast fixtures for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ebcompress.earlybird import MaskHistory
+from ebcompress.engine import EpochStats
+from ebcompress.flops import TrainingLedger
+from ebcompress.recipe import load_recipe
+from ebcompress.ticket import Ticket
+
+TRAIN_SAMPLES = 1000
+TEST_SAMPLES = 200
+DENSE_MACS = 2_000_000
+
+
+def _widths(num_groups: int, rng: np.random.Generator) -> dict[str, int]:
+    # ResNet-like names, long enough to test label readability.
+    return {
+        f"layer{i // 4 + 1}.{i % 4}.conv{i % 3 + 1}": int(rng.choice([16, 32, 64]))
+        for i in range(num_groups)
+    }
+
+
+def _keep_top(scores: np.ndarray, ratio: float) -> np.ndarray:
+    """Global keep-mask removing the ``ratio`` lowest scores (what draw_ticket does)."""
+    mask = np.zeros(scores.size, dtype=bool)
+    mask[np.argsort(-scores, kind="stable")[: scores.size - int(ratio * scores.size)]] = True
+    return mask
+
+
+def _epoch(phase: str, epoch: int, lr: float, rng: np.random.Generator) -> EpochStats:
+    progress = 1 - math.exp(-0.25 * epoch)
+    return EpochStats(
+        phase=phase,
+        epoch=epoch,
+        lr=lr,
+        train_loss=2.3 * (1 - progress) + 0.05 + 0.02 * rng.random(),
+        train_top1=0.1 + 0.85 * progress,
+        test_loss=2.3 * (1 - progress) + 0.15 + 0.05 * rng.random(),
+        test_top1=0.1 + 0.8 * progress,
+        test_top5=min(1.0, 0.5 + 0.5 * progress),
+        seconds=1.5 if phase == "search" else 0.8,
+        images_per_s=TRAIN_SAMPLES / 1.5,
+        samples=TRAIN_SAMPLES,
+    )
+
+
+def _search_masks(
+    widths: dict[str, int], ratios: list[float], epsilon: float, window: int, epochs: int,
+    rng: np.random.Generator,
+) -> tuple[MaskHistory, dict[str, int | None], int]:  # fmt: skip
+    """Masks of BN scales that settle as training goes on; stops once the first ratio emerges."""
+    history = MaskHistory(window)
+    base = rng.random(sum(widths.values()))
+    emerged: dict[str, int | None] = {f"{r:g}": None for r in ratios}
+    for epoch in range(1, epochs + 1):
+        scores = base + rng.normal(0.0, 0.6 / epoch**1.5, base.size)
+        for ratio in ratios:
+            history.append(ratio, epoch, _keep_top(scores, ratio))
+            latest = history.latest_window_max(ratio)
+            if emerged[f"{ratio:g}"] is None and latest is not None and latest < epsilon:
+                emerged[f"{ratio:g}"] = epoch
+        if emerged[f"{ratios[0]:g}"] is not None:
+            return history, emerged, epoch
+    return history, emerged, epochs
+
+
+def make_fake_run_dir(
+    path: str | Path,
+    *,
+    method: str = "eb",
+    num_groups: int = 8,
+    schedule_epochs: int = 20,
+    joules: bool = False,
+    status: str = "finished",
+    seed: int = 0,
+) -> Path:
+    """Write a run directory as ``run_pipeline`` leaves it (minus checkpoints/ and model/).
+
+    ``method="eb"`` records masks/ for ratios 0.3, 0.5 and 0.7 and stops the search when the
+    0.3 ticket emerges; any other method trains the dense net for the whole schedule and
+    writes no masks/. ``joules`` makes every phase measured; ``status`` other than "finished"
+    leaves an unfinished run (state.json without results).
+    """
+    run_dir = Path(path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    milestones = [schedule_epochs // 2, schedule_epochs * 3 // 4]
+    recipe = load_recipe(
+        "quickstart",
+        [
+            f"prune.method={method}",
+            f"train.epochs={schedule_epochs}",
+            f"train.milestones=[{milestones[0]},{milestones[1]}]",
+            *([] if method == "eb" else ["retrain.epochs=5"]),
+        ],
+    )
+    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    if status != "finished":
+        (run_dir / "state.json").write_text(json.dumps({"status": status, "method": method}))
+        return run_dir
+
+    widths = _widths(num_groups, rng)
+    prune = recipe.prune
+    ratios = [prune.ratio, *prune.watch_ratios]
+    search: dict[str, Any]
+    if method == "eb":
+        history, emerged, search_epochs = _search_masks(
+            widths, ratios, prune.epsilon, prune.window, schedule_epochs - 2, rng
+        )
+        history.save(run_dir / "masks")
+        mask = history.mask(prune.ratio, search_epochs)
+        search = {
+            "epochs": search_epochs,
+            "emerged_epochs": emerged,
+            "window_max_distances": {f"{r:g}": history.window_max_distances(r) for r in ratios},
+        }
+        start = search_epochs
+    else:
+        search_epochs = schedule_epochs
+        mask = _keep_top(rng.random(sum(widths.values())), prune.ratio)
+        search = {"epochs": search_epochs, "sparsity": prune.sparsity}
+        start = schedule_epochs - 5
+    ticket = Ticket.from_mask(
+        mask, widths, ratio=prune.ratio, epoch=search_epochs, model_name=recipe.model.name
+    )
+    ticket.save(run_dir / "ticket.json")
+
+    slim_macs = int(DENSE_MACS * (ticket.num_kept / ticket.num_channels) ** 2)
+    ledger = TrainingLedger()
+    records = []
+    for phase, first, last, macs in (
+        ("search", 1, search_epochs, DENSE_MACS),
+        ("retrain", start + 1, schedule_epochs, slim_macs),
+    ):
+        for epoch in range(first, last + 1):
+            lr = recipe.train.lr * recipe.train.gamma ** sum(epoch > m for m in milestones)
+            stats = _epoch(phase, epoch, lr, rng)
+            records.append(stats.to_dict())
+            ledger.add(phase, macs_per_sample=macs, samples=stats.samples, seconds=stats.seconds,
+                       joules=stats.seconds * 95.0 if joules else None)  # fmt: skip
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records), encoding="utf-8"
+    )
+
+    cost = ledger.to_dict()
+    cost["dense_reference_flops"] = ledger.dense_reference(
+        DENSE_MACS, TRAIN_SAMPLES, schedule_epochs
+    )
+    cost["saving_vs_dense"] = cost["dense_reference_flops"] / ledger.total_flops
+    dense_params, slim_params = 500_000, int(500_000 * ticket.num_kept / ticket.num_channels)
+    results = {
+        "run": recipe.name,
+        "method": method,
+        "seed": recipe.seed,
+        "data": {"name": recipe.data.name, "train": TRAIN_SAMPLES, "test": TEST_SAMPLES},
+        "ticket": {
+            "ratio": ticket.ratio,
+            "epoch": ticket.epoch,
+            "emerged": True,
+            "note": "",
+            "pruned_fraction": ticket.pruned_fraction,
+            "num_channels": ticket.num_channels,
+            "num_kept": ticket.num_kept,
+        },
+        "search": search,
+        "retrain": {
+            "mode": "inherit",
+            "start_epoch": start,
+            "end_epoch": schedule_epochs,
+            "epochs": schedule_epochs - start,
+            "history_epochs": schedule_epochs - start,
+        },
+        "accuracy": {"test_top1": 0.91, "test_top5": 0.995, "test_loss": 0.31},
+        "cost": cost,
+        "model": {
+            "name": recipe.model.name,
+            "input_size": [1, 16, 16],
+            "dense": {"macs": DENSE_MACS, "flops": 2 * DENSE_MACS, "params": dense_params},
+            "slim": {"macs": slim_macs, "flops": 2 * slim_macs, "params": slim_params},
+            "mac_reduction": DENSE_MACS / slim_macs,
+            "param_reduction": dense_params / slim_params,
+        },
+    }
+    state = {"status": "finished", "method": method, "results": results,
+             "updated": "2026-01-01T00:00:00+0000"}  # fmt: skip
+    (run_dir / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    return run_dir
