@@ -166,7 +166,12 @@ def test_draw_is_deterministic_across_calls_and_copies():
     assert ticket == ChannelGraph(copy.deepcopy(model), x).draw(0.4, epoch=3, model_name="resnet18")
     assert draw_ticket(model, 0.4, example_inputs=x).kept == ticket.kept
     assert ticket.epoch == 3 and ticket.model_name == "resnet18"
-    assert ticket.extra == {"scope": "global", "min_keep": 1, "round_to": None}
+    assert ticket.extra == {
+        "scope": "global",
+        "min_keep": 1,
+        "round_to": None,
+        "input_shape": [3, 32, 32],
+    }
 
 
 def test_importance_reads_current_values_without_retracing():

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ebcompress.channels import ChannelGraph, out_width
+from ebcompress.channels import ChannelGraph, draw_ticket, out_width
 from ebcompress.errors import UserError
 from ebcompress.models import build_model
 from ebcompress.slim import group_widths, masked_equivalent, slim
@@ -209,3 +209,17 @@ def test_architecture_that_cannot_be_slimmed_names_the_layer():
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(UserError, match="fails at layer 'bn'"):
         slim(model, ChannelGraph(model, x).draw(0.5), x)
+
+
+def test_slim_without_example_inputs_uses_the_shape_the_ticket_records() -> None:
+    model = build_model("vgg11_cifar", num_classes=10, width_mult=0.25)
+    x = torch.randn(2, 3, 32, 32)
+    ticket = draw_ticket(model, 0.3, example_inputs=x[:1])
+    assert ticket.extra["input_shape"] == [3, 32, 32]
+    with torch.no_grad():
+        a = slim(model, ticket).eval()(x)
+        b = slim(model, ticket, x[:1]).eval()(x)
+    assert torch.equal(a, b)
+    bare = type(ticket)(kept=ticket.kept, widths=ticket.widths, ratio=ticket.ratio)
+    with pytest.raises(UserError, match="records no input shape; pass example_inputs"):
+        slim(model, bare)

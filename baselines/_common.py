@@ -1,0 +1,139 @@
+"""What the baselines share: the dense search phase, sample minibatches, and channel scores.
+
+Every baseline trains (or probes) the recipe's dense network through the same engine and
+ledger as Early-Bird, so their costs are measured the same way. Channel-granularity variants
+turn per-weight scores (weight magnitude, SNIP sensitivity) into per-channel scores over the
+layers whose *output* channels form each prunable group (:func:`group_layers`), and let
+:meth:`ebcompress.channels.ChannelGraph.draw` rank them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
+from torch.utils.data import DataLoader
+
+from ebcompress.channels import ChannelGraph, trace_channel_groups
+from ebcompress.distributed import unwrap
+from ebcompress.engine import Trainer
+from ebcompress.method import RunContext
+from ebcompress.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class GroupLayers:
+    """The conv/linear layers of one channel group, by module name.
+
+    ``producers`` output exactly the group's channels (its root first, then layers coupled to
+    it, e.g. by a residual addition or a depthwise conv); ``consumers`` read them as input.
+    """
+
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+
+
+def group_layers(model: nn.Module, example_inputs: Tensor) -> dict[str, GroupLayers]:
+    """Producers and consumers of every prunable group, keyed like :class:`ChannelGraph`."""
+    names = {module: name for name, module in model.named_modules()}
+    _, handles = trace_channel_groups(model, example_inputs)
+    layers = {}
+    for handle in handles:
+        members = [model.get_submodule(name) for name in handle.info.member_names]
+        weighted = [m for m in members if isinstance(m, _ConvNd | nn.Linear)]
+        producers = [m for m in weighted if any(m is a for a in handle.aligned)]
+        producers.sort(key=lambda m: m is not handle.root)  # stable: root first
+        consumers = [m for m in weighted if not any(m is p for p in producers)]
+        layers[handle.info.name] = GroupLayers(
+            producers=tuple(names[m] for m in producers),
+            consumers=tuple(names[m] for m in consumers),
+        )
+    return layers
+
+
+def channel_scores(
+    layers: Mapping[str, GroupLayers], weight_scores: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """Per group, per channel: ``weight_scores`` (per-weight, keyed ``"<layer>.weight"``) summed
+    over each output channel's weights in all of the group's producers."""
+    scores = {}
+    for group, members in layers.items():
+        total = None
+        for layer in members.producers:
+            per_channel = weight_scores[f"{layer}.weight"].detach().float().flatten(1).sum(dim=1)
+            total = per_channel if total is None else total + per_channel
+        scores[group] = total.cpu()
+    return scores
+
+
+def channel_graph(run: RunContext) -> ChannelGraph:
+    """The dense model's prunable channel groups (traced once, before it trains)."""
+    return ChannelGraph(unwrap(run.model), run.example_inputs)
+
+
+def draw_options(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's options for :meth:`ChannelGraph.draw` that every method honours."""
+    prune = recipe.prune
+    return {"min_keep": prune.min_keep, "round_to": prune.round_to, "model_name": recipe.model.name}
+
+
+def train_dense(run: RunContext, callbacks: Sequence[Any] = ()) -> Trainer:
+    """Train ``run.model`` on the full dense schedule as phase ``search`` (ledger: dense MACs).
+
+    Resumable like every phase: a finished search checkpoint is loaded, not re-run.
+    """
+    recipe = run.recipe
+    trainer = Trainer(
+        run.model,
+        run.data,
+        recipe.train,
+        phase="search",
+        callbacks=list(callbacks),
+        run_dir=run.run_dir,
+        device=run.device,
+        seed=recipe.seed,
+        ledger=run.ledger,
+        macs_per_sample=run.dense_macs,
+        progress=run.progress,
+        num_workers=recipe.data.num_workers,
+    )
+    trainer.fit(resume=run.resume)
+    return trainer
+
+
+class AfterBackward:
+    """Adapt a no-argument gradient hook (e.g. ``BNL1Regularizer``) to the engine's callbacks."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        self.hook = hook
+
+    def after_backward(self, model: nn.Module) -> None:
+        self.hook()
+
+
+def sample_batches(run: RunContext, images: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The first ``images`` training samples in a seeded shuffle, in batches of the recipe's
+    batch size, on ``run.device``. The same recipe always yields the same samples."""
+    recipe = run.recipe
+    loader = DataLoader(
+        run.data.train,
+        batch_size=recipe.train.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(recipe.seed),
+        num_workers=recipe.data.num_workers,
+    )
+    left = images
+    for inputs, labels in loader:
+        if left <= 0:
+            return
+        yield inputs[:left].to(run.device), labels[:left].to(run.device)
+        left -= len(inputs)
+
+
+def clone_state(model: nn.Module) -> dict[str, Tensor]:
+    """A detached CPU copy of ``model``'s state dict (survives further training)."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
