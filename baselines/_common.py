@@ -40,7 +40,7 @@ class GroupLayers:
 def group_layers(model: nn.Module, example_inputs: Tensor) -> dict[str, GroupLayers]:
     """Producers and consumers of every prunable group, keyed like :class:`ChannelGraph`."""
     names = {module: name for name, module in model.named_modules()}
-    _, handles = trace_channel_groups(model, example_inputs)
+    handles = trace_channel_groups(model, example_inputs).handles
     layers = {}
     for handle in handles:
         members = [model.get_submodule(name) for name in handle.info.member_names]

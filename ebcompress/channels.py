@@ -22,6 +22,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -127,14 +128,29 @@ def out_width(module: nn.Module) -> int | None:
     return None
 
 
+class ChannelTrace(NamedTuple):
+    """What one torch-pruning trace found: the graph, the prunable groups, and the groups
+    kept dense because a layer in them cannot be channel-pruned (root name -> reason)."""
+
+    graph: tp.DependencyGraph
+    handles: list[GroupHandle]
+    kept_dense: dict[str, str]
+
+
 def trace_channel_groups(
     model: nn.Module, example_inputs: torch.Tensor, ignored_layers: Sequence[nn.Module] = ()
-) -> tuple[tp.DependencyGraph, list[GroupHandle]]:
+) -> ChannelTrace:
     """Trace ``model`` with torch-pruning and describe its prunable groups in module order.
 
     The one tracing step behind :class:`ChannelGraph`, :func:`ebcompress.slim.slim` and
     :func:`ebcompress.slim.masked_equivalent`, so that all three name the same groups. The
     model's train/eval flags and ``requires_grad`` flags are restored; its values untouched.
+
+    A group that touches a layer ebcompress cannot slim exactly (LayerNorm, GroupNorm, a bare
+    scaling parameter, a transposed conv, a grouped conv fed by a concatenation) is not
+    pruned at all: it is listed in ``kept_dense`` with the layer and the reason, so reports
+    can say which channels stay, and the rest of the network is still slimmed. Nothing is
+    ever pruned in part of a group.
     """
     order = {module: i for i, (_, module) in enumerate(model.named_modules())}
     names: dict[nn.Module | nn.Parameter, str] = {m: name for name, m in model.named_modules()}
@@ -147,13 +163,23 @@ def trace_channel_groups(
             root_module_types=(ops.TORCH_CONV, ops.TORCH_LINEAR),
         )
         names.update((param, name) for name, param in model.named_parameters())
-        handles = [
-            handle
-            for group in groups
-            if (handle := _describe(graph, group, names, order)) is not None
-        ]
+        handles, kept_dense = [], {}
+        for group in groups:
+            try:
+                handle = _describe(graph, group, names, order)
+            except _Unsupported as exc:
+                kept_dense[names.get(group[0].dep.target.module, str(group[0].dep.target))] = str(
+                    exc
+                )
+                continue
+            if handle is not None:
+                handles.append(handle)
     handles.sort(key=lambda handle: order[handle.root])
-    return graph, handles
+    return ChannelTrace(graph, handles, kept_dense)
+
+
+class _Unsupported(Exception):
+    """A group holds a layer that cannot be channel-pruned exactly; the group stays dense."""
 
 
 def _describe(
@@ -186,9 +212,8 @@ def _describe(
             is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
             channels = module.out_channels if is_out else module.in_channels
             if not (identity and channels == width):
-                raise UserError(
-                    f"layer {names[module]!r}: a grouped convolution fed by a concatenation cannot "
-                    "be slimmed; pass its producers in ignored_layers to keep them dense"
+                raise _Unsupported(
+                    f"layer {names[module]!r}: a grouped convolution fed by a concatenation"
                 )
             unit = math.lcm(unit, module.groups)
         if kind == ops.OPTYPE.BN and module.affine:
@@ -223,15 +248,11 @@ def _check_supported(node: tp.Node, names: dict) -> None:
         return
     name = names.get(module, node.name)
     if kind == ops.OPTYPE.PARAMETER:
-        raise UserError(
-            f"parameter {name!r} is not inside a layer torch-pruning knows, so the channels it "
-            "scales cannot be slimmed reliably; pass the layers producing them in ignored_layers"
-        )
+        raise _Unsupported(f"parameter {name!r} is not inside a layer torch-pruning knows")
     if kind not in _LAYER_TYPES or getattr(module, "transposed", False):
-        raise UserError(
-            f"layer {name!r} ({type(module).__name__}) cannot be channel-pruned by ebcompress "
-            "(supported: Conv, Linear, BatchNorm, PReLU); pass the layers producing its channels "
-            "in ignored_layers to keep them dense"
+        raise _Unsupported(
+            f"layer {name!r} ({type(module).__name__}) cannot be channel-pruned "
+            "(supported: Conv, Linear, BatchNorm, PReLU)"
         )
 
 
@@ -250,12 +271,17 @@ class ChannelGraph:
         *,
         ignored_layers: Sequence[nn.Module] = (),
     ) -> None:
-        _, self._handles = trace_channel_groups(model, example_inputs, ignored_layers)
+        _, self._handles, self.kept_dense = trace_channel_groups(
+            model, example_inputs, ignored_layers
+        )
         self.input_shape = tuple(int(d) for d in example_inputs.shape[1:])
         if not self._handles:
+            why = "; ".join(f"{k}: {v}" for k, v in list(self.kept_dense.items())[:2])
             raise UserError(
                 f"model {type(model).__name__} has no prunable channel groups (no conv/linear "
-                "layer whose output channels can be removed without changing the output)"
+                "layer whose output channels can be removed without changing the output"
+                + (f"; kept dense: {why}" if why else "")
+                + ")"
             )
         self.groups: list[ChannelGroup] = [h.info for h in self._handles]
         self._widths = np.array([group.width for group in self.groups])
@@ -361,6 +387,7 @@ class ChannelGraph:
                 "min_keep": min_keep,
                 "round_to": round_to,
                 "input_shape": list(self.input_shape),  # lets slim() trace without an input
+                "kept_dense": dict(self.kept_dense),
             },
         )
 

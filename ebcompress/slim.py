@@ -124,7 +124,7 @@ def group_widths(
     model: nn.Module, example_inputs: torch.Tensor, *, ignored_layers: Sequence[nn.Module] = ()
 ) -> dict[str, int]:
     """The channel-group widths of ``model`` as a fresh trace sees them (e.g. of a slim model)."""
-    _, handles = _trace(model, example_inputs, ignored_layers)
+    handles = _trace(model, example_inputs, ignored_layers).handles
     return {handle.info.name: handle.info.width for handle in handles}
 
 
@@ -136,7 +136,7 @@ def _matching_groups(
     ignored: Sequence[LayerRef],
 ) -> tuple[tp.DependencyGraph, list[GroupHandle]]:
     """Trace ``clone`` and check that the ticket describes its groups, naming any difference."""
-    graph, handles = _trace(clone, example_inputs, _same_layers(original, clone, ignored))
+    graph, handles, _ = _trace(clone, example_inputs, _same_layers(original, clone, ignored))
     widths = {handle.info.name: handle.info.width for handle in handles}
     if list(widths.items()) != list(ticket.widths.items()):
         raise UserError(f"ticket does not fit this model: {_difference(ticket.widths, widths)}")

@@ -8,6 +8,7 @@ from torch import nn
 
 from ebcompress.channels import ChannelGraph, draw_ticket
 from ebcompress.errors import UserError
+from ebcompress.slim import slim
 from ebcompress.ticket import structure_fingerprint
 
 X = torch.randn(2, 3, 8, 8)
@@ -171,6 +172,7 @@ def test_draw_is_deterministic_across_calls_and_copies():
         "min_keep": 1,
         "round_to": None,
         "input_shape": [3, 32, 32],
+        "kept_dense": {},
     }
 
 
@@ -214,11 +216,26 @@ def test_model_without_prunable_groups_is_a_user_error():
         ChannelGraph(model, X)
 
 
-def test_unsupported_layer_kind_is_a_user_error_naming_it():
+def test_a_group_with_an_unsupported_layer_stays_dense_and_is_named():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU(),
+        nn.Conv2d(8, 6, 3), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Conv2d(6, 4, 1), nn.Flatten(),
+    )  # fmt: skip
+    graph = ChannelGraph(model, X)
+    assert graph.widths == {"3": 6}
+    assert "layer '1' (GroupNorm) cannot be channel-pruned" in graph.kept_dense["0"]
+    ticket = graph.draw(0.5)
+    assert ticket.extra["kept_dense"] == graph.kept_dense
+    slimmed = slim(model, ticket, X)
+    assert slimmed[0].out_channels == 8 and slimmed[3].out_channels == 3
+
+
+def test_only_unsupported_groups_is_a_user_error_naming_the_layer():
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten()
     )
-    with pytest.raises(UserError, match=r"layer '1' \(GroupNorm\)"):
+    with pytest.raises(UserError, match=r"no prunable channel groups.*layer '1' \(GroupNorm\)"):
         ChannelGraph(model, X)
 
 
@@ -233,8 +250,8 @@ class LayerScale(nn.Module):
         return self.head(self.conv(x) * self.scale).mean(dim=(2, 3))
 
 
-def test_bare_parameter_scaling_channels_is_a_user_error_naming_it():
-    with pytest.raises(UserError, match="parameter 'scale'"):
+def test_bare_parameter_scaling_channels_keeps_its_group_dense():
+    with pytest.raises(UserError, match="kept dense: conv: parameter 'scale'"):
         ChannelGraph(LayerScale(), X)
 
 
