@@ -5,10 +5,15 @@ per epoch from the BN scales at each watched pruning ratio, keeps every mask in 
 :class:`MaskHistory` (the paper's Figure 3 distance matrix comes from it) and declares the
 ticket emerged once the masks stop moving. It fits a hand-written loop (``regularize()``
 after ``backward()``, ``step()`` once per epoch) and the engine's callback protocol alike.
+
+Under data parallelism every rank runs the detector on its replica: each step checks that all
+ranks drew the same masks (a hash all-reduce; a difference is an error), and rank 0 alone
+decides emergence and broadcasts it, so every rank stops at the same epoch with the same ticket.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -21,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ebcompress import distributed
 from ebcompress.channels import ChannelGraph
 from ebcompress.errors import UserError
 from ebcompress.sparsity import BNL1Regularizer
@@ -267,6 +273,8 @@ class EarlyBird:
             raise UserError(f"min_keep={min_keep} and round_to={round_to} must be >= 1 (or null)")
         self.epsilon = float(epsilon)
         self.history = MaskHistory(window)
+        # Where the rank-agreement collectives run (NCCL needs the model's CUDA device).
+        self._device = next(model.parameters(), example_inputs).device
         self.graph = ChannelGraph(model, example_inputs) if graph is None else graph
         self.regularizer = BNL1Regularizer(self.graph.bn_modules(), sparsity)
         self._draw_options: dict[str, Any] = {
@@ -304,19 +312,25 @@ class EarlyBird:
                 f"EarlyBird.step(epoch={epoch}) after epoch {last[-1]}; pass increasing epochs "
                 "or none (to count calls), and load_state_dict() before resuming"
             )
-        for ratio in self.ratios:
-            ticket = self.graph.draw(ratio, epoch=epoch, **self._draw_options)
-            self._record(ratio, epoch, ticket)
+        drawn = {r: self.graph.draw(r, epoch=epoch, **self._draw_options) for r in self.ratios}
+        masks = {ratio: ticket.mask() for ratio, ticket in drawn.items()}
+        _check_ranks_agree(masks, epoch, self._device)
+        for ratio, ticket in drawn.items():
+            self.history.append(ratio, epoch, masks[ratio])
+            self._latest[ratio] = ticket
+        self._decide_emergence(epoch)
         return self.ticket is not None
 
-    def _record(self, ratio: float, epoch: int, ticket: Ticket) -> None:
-        """Append ``ticket``'s mask to the history and run the emergence test."""
-        self.history.append(ratio, epoch, ticket.mask())
-        self._latest[ratio] = ticket
-        if self.emerged_epoch[ratio] is not None:
-            return
-        distance = self.history.latest_window_max(ratio)
-        if distance is not None and distance < self.epsilon:
+    def _decide_emergence(self, epoch: int) -> None:
+        """The emergence test for every ratio still waiting; rank 0's verdict holds on all ranks."""
+        emerging = {}
+        for ratio in self.ratios:
+            distance = self.history.latest_window_max(ratio)
+            waiting = self.emerged_epoch[ratio] is None
+            if waiting and distance is not None and distance < self.epsilon:
+                emerging[ratio] = distance
+        for ratio, distance in distributed.broadcast_object(emerging).items():
+            ticket = self._latest[ratio]
             provenance = {"epsilon": self.epsilon, "window": self.window, "window_max": distance}
             self.tickets[ratio] = replace(ticket, extra={**ticket.extra, "earlybird": provenance})
             self.emerged_epoch[ratio] = epoch
@@ -408,6 +422,30 @@ def _check_ratios(ratio: float | Sequence[float]) -> tuple[float, ...]:
     if len(set(ratios)) != len(ratios):
         raise UserError(f"EarlyBird ratio {list(ratios)} lists a ratio twice")
     return tuple(float(r) for r in ratios)
+
+
+def mask_digest(mask: np.ndarray) -> int:
+    """A 62-bit hash of a boolean mask (non-negative, so its negation fits an int64)."""
+    packed = np.packbits(np.asarray(mask, dtype=bool).ravel())
+    digest = hashlib.blake2b(packed.tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
+
+
+def _check_ranks_agree(masks: dict[float, np.ndarray], epoch: int, device: torch.device) -> None:
+    """UserError on every rank when data-parallel ranks drew different masks: the min and the
+    max of each mask's digest over ranks (one all-reduce of digests and their negations)."""
+    if not distributed.is_initialized():
+        return
+    digests = torch.tensor([mask_digest(m) for m in masks.values()], dtype=torch.int64)
+    extremes = distributed.all_reduce_min(torch.cat([digests, -digests]).to(device)).tolist()
+    lowest, highest = extremes[: len(masks)], [-e for e in extremes[len(masks) :]]
+    differing = [r for r, lo, hi in zip(masks, lowest, highest, strict=True) if lo != hi]
+    if differing:
+        raise UserError(
+            f"Early-Bird epoch {epoch}: data-parallel ranks drew different masks at ratio "
+            f"{', '.join(f'{r:g}' for r in differing)}; every rank must train the same replica "
+            "(wrap the model in DistributedDataParallel and average BatchNorm statistics)"
+        )
 
 
 def _as_words(packed: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from ebcompress import distributed
 from ebcompress.earlybird import EarlyBird
 from ebcompress.engine import EpochStats, Trainer
 from ebcompress.method import (
@@ -83,7 +84,7 @@ class EarlyBirdTrain:
             num_workers=recipe.data.num_workers,
         )
         trainer.fit(resume=run.resume)
-        if run.run_dir is not None:
+        if run.run_dir is not None and distributed.is_main():
             bird.history.save(run.run_dir / "masks")
         extra: dict[str, Any] = {
             "emerged_epochs": {f"{r:g}": e for r, e in bird.emerged_epoch.items()},

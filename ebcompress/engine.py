@@ -8,11 +8,15 @@ from which :meth:`Trainer.fit` resumes bit-exactly (the shuffle order of epoch `
 function of ``(seed, e)``, and every RNG state is checkpointed).
 
 Under ``torchrun`` the model is wrapped in DistributedDataParallel, metrics are summed over
-ranks before they are divided, and only rank 0 writes files or prints.
+ranks before they are divided, and only rank 0 writes files or prints (and reads checkpoints,
+which it broadcasts). Each epoch's training pass is metered with the hardware energy counters
+(:mod:`ebcompress.energy`): the ledger gets the joules summed over ranks, or None ("not
+measured") when some rank's work is not covered by a counter. Energy is never estimated.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -34,6 +38,7 @@ from ebcompress.checkpoint import (
     save_checkpoint,
 )
 from ebcompress.divergence import NonFiniteWatch
+from ebcompress.energy import EnergyCounter, EnergyMeter, available_counters, nvml_counters
 from ebcompress.errors import UserError
 from ebcompress.metrics_file import append_entry, truncate_phase
 from ebcompress.optim import build_optimizer, build_scheduler, rebase_lr
@@ -131,6 +136,22 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def _default_energy_counters(device: torch.device) -> tuple[list[EnergyCounter], bool]:
+    """This rank's counters, and whether they cover its work.
+
+    A GPU rank reads its GPU through NVML. RAPL zones measure whole sockets, so only one process
+    per machine (LOCAL_RANK 0) reads them; the machine's other CPU ranks count as covered by it
+    (if it has no RAPL it reports itself uncovered, and the epoch is not measured).
+    """
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        counters: list[EnergyCounter] = list(nvml_counters(device))
+        return counters, bool(counters) or device.type == "cpu"
+    counters = available_counters(device)
+    if device.type == "cuda":
+        return counters, any(counter.name.startswith("nvml:") for counter in counters)
+    return counters, bool(counters)
+
+
 def _restore_ledger(ledger: TrainingLedger, data: dict[str, Any]) -> None:
     # In place, because the caller holds this object and reads it after the phase.
     vars(ledger).update(vars(type(ledger).from_dict(data)))
@@ -141,7 +162,12 @@ class Trainer:
 
     ``lr`` and ``precision`` override ``cfg.lr`` and ``cfg.precision``. ``ledger`` (with
     ``macs_per_sample``, the forward MACs of one sample of this model) receives the phase's
-    training cost after every epoch.
+    training cost after every epoch, with the measured joules. ``energy_counters`` replaces
+    the counters found on this machine (``[]``: measure nothing).
+
+    With ``cfg.sync_bn`` under DDP (CUDA only) the BatchNorm layers are SyncBatchNorm while
+    :meth:`fit` runs; afterwards the model holds its own BatchNorm modules again, which share
+    the trained parameters and statistics.
     """
 
     def __init__(
@@ -163,6 +189,7 @@ class Trainer:
         macs_per_sample: int | None = None,
         progress: bool = True,
         num_workers: int = 0,
+        energy_counters: Sequence[EnergyCounter] | None = None,
     ) -> None:
         if ledger is not None and macs_per_sample is None:
             raise ValueError("Trainer: a ledger needs macs_per_sample (see flops.count_flops)")
@@ -183,7 +210,18 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
 
         model = model.to(self.device, memory_format=self.memory_format)
+        self._plain_batchnorms: dict[str, nn.Module] = {}
         if distributed.is_initialized() and cfg.sync_bn:
+            if self.device.type != "cuda":
+                raise UserError(
+                    "train.sync_bn: SyncBatchNorm runs on CUDA devices only; "
+                    "set train.sync_bn=false for CPU training"
+                )
+            self._plain_batchnorms = {
+                name: module
+                for name, module in model.named_modules()
+                if name and isinstance(module, nn.modules.batchnorm._BatchNorm)
+            }
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = self.precision.prepare(model)
         self.net: nn.Module = self.model
@@ -191,9 +229,15 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = build_optimizer(self.model, cfg, self.base_lr)
+        self.precision.prepare_optimizer(self.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg, start_epoch)
         self.scaler = self.precision.make_scaler()
         self._build_loaders(num_workers)
+        if energy_counters is None:
+            counters, self._energy_covered = _default_energy_counters(self.device)
+        else:
+            counters, self._energy_covered = list(energy_counters), bool(energy_counters)
+        self.energy = EnergyMeter(counters)
 
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.checkpoint_path = (
@@ -246,7 +290,15 @@ class Trainer:
         A phase whose checkpoint stopped early or reached ``end_epoch`` is not re-run: its
         saved history is returned (and its model, ledger and callback states are loaded).
         """
-        state = load_checkpoint(self.checkpoint_path) if resume and self.checkpoint_path else None
+        try:
+            return self._fit(resume)
+        finally:
+            if self.energy.running:  # an epoch that raised
+                self.energy.stop()
+            self._restore_batchnorms()
+
+    def _fit(self, resume: bool) -> list[EpochStats]:
+        state = self._read_checkpoint() if resume and self.checkpoint_path else None
         if state is not None:
             self._load_state(state)
             if self.stopped_early or self.last_epoch >= self.end_epoch:
@@ -313,6 +365,7 @@ class Trainer:
         self.net.train()
         bar.begin_epoch(epoch, steps)
         start = time.perf_counter()
+        self.energy.start()
         for step, batch in enumerate(self.train_loader):
             images, labels = self._to_device(*batch)
             with self.precision.autocast():
@@ -345,15 +398,26 @@ class Trainer:
                         sum(batch_sizes) / (time.perf_counter() - start),
                     )
         self._raise_if_nonfinite(watch.finish(losses), epoch, steps)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the energy of queued kernels belongs here
+        rank_joules = self.energy.stop()
         sizes = torch.tensor(batch_sizes, dtype=torch.float64, device=self.device)
-        totals = torch.stack(
+        energy = [rank_joules or 0.0, float(not self._energy_covered), float(self.energy.measured)]
+        totals = torch.cat(
             [
-                (torch.stack(losses).double() * sizes).sum(),
-                torch.stack(corrects).sum().double(),
-                sizes.sum(),
+                torch.stack(
+                    [
+                        (torch.stack(losses).double() * sizes).sum(),
+                        torch.stack(corrects).sum().double(),
+                        sizes.sum(),
+                    ]
+                ),
+                torch.tensor(energy, dtype=torch.float64, device=self.device),
             ]
         )
-        loss_sum, correct, samples = distributed.all_reduce_sum(totals).tolist()
+        loss_sum, correct, samples, joules, uncovered, metered = distributed.all_reduce_sum(
+            totals
+        ).tolist()
         seconds = time.perf_counter() - start
 
         distributed.average_buffers(self.model)
@@ -365,6 +429,7 @@ class Trainer:
                 macs_per_sample=self.macs_per_sample,
                 samples=int(samples),
                 seconds=seconds,
+                joules=joules if metered and not uncovered else None,
             )
         return EpochStats(
             phase=self.phase,
@@ -404,7 +469,20 @@ class Trainer:
         flag = torch.tensor([float(any(votes))], device=self.device)
         return bool(distributed.all_reduce_sum(flag).item() > 0)
 
+    def _restore_batchnorms(self) -> None:
+        """Put the model's own BatchNorm modules back in place of their SyncBatchNorm copies."""
+        for name, module in self._plain_batchnorms.items():
+            module.train(self.model.get_submodule(name).training)
+            self.model.set_submodule(name, module)
+        self._plain_batchnorms = {}
+
     # ------------------------------------------------------------------------- persistence
+
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        """Rank 0's newest checkpoint, on every rank: only rank 0 writes checkpoints, and the
+        other machines of a multi-node run need not see its disk."""
+        state = load_checkpoint(self.checkpoint_path) if distributed.is_main() else None
+        return distributed.broadcast_object(state)
 
     def _record(self, stats: EpochStats, finished: bool) -> None:
         """Append the epoch to metrics.jsonl, then checkpoint (rank 0 only)."""
@@ -427,6 +505,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "precision": self.precision.state_dict(),
             "rng": capture_rng_state(),
             "ledger": None if self.ledger is None else self.ledger.to_dict(),
             "callbacks": [
@@ -459,6 +538,8 @@ class Trainer:
             )
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
+        if state.get("precision"):
+            self.precision.load_state_dict(state["precision"])
         restore_rng_state(state["rng"])
         if self.ledger is not None and state["ledger"] is not None:
             _restore_ledger(self.ledger, state["ledger"])

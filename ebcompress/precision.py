@@ -6,15 +6,17 @@
 recent PyTorch; where a device cannot autocast, :func:`precision_policy` raises a
 :class:`UserError` naming the device.
 
-A new precision (block floating point, for one) subclasses :class:`Precision`, overriding
-``autocast``, ``make_scaler`` or ``prepare`` as it needs, and calls
-:func:`register_precision`.
+A new precision subclasses :class:`Precision`, overriding the parts it needs, and calls
+:func:`register_precision`: ``bfp8`` (8-bit block floating point, :mod:`ebcompress.bfp8`) is
+one, imported on first lookup.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,6 +43,16 @@ class Precision:
     def make_scaler(self) -> torch.amp.GradScaler | None:
         """A gradient scaler, or None when the loss needs no scaling."""
         return None
+
+    def prepare_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called once with the optimiser built for the prepared model (e.g. to add step hooks)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must carry for a bit-exact resume (weights_only-loadable values)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
 
 
 class AutocastPrecision(Precision):
@@ -69,6 +81,8 @@ _PRECISIONS: dict[str, Callable[[torch.device], Precision]] = {
     "bf16": lambda device: AutocastPrecision(device, "bf16", torch.bfloat16),
     "fp16": lambda device: AutocastPrecision(device, "fp16", torch.float16),
 }
+# Modules that register further precisions when imported.
+_PROVIDERS = ("ebcompress.bfp8",)
 
 
 def register_precision(name: str, factory: Callable[[torch.device], Precision]) -> None:
@@ -78,6 +92,8 @@ def register_precision(name: str, factory: Callable[[torch.device], Precision]) 
 
 def precision_policy(name: str, device: torch.device) -> Precision:
     """The policy for ``name`` on ``device``; UserError for a precision not implemented."""
+    for provider in _PROVIDERS:
+        importlib.import_module(provider)
     factory = _PRECISIONS.get(name)
     if factory is None:
         raise UserError(

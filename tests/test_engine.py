@@ -344,8 +344,8 @@ def test_mixed_precision_trains_on_cpu(precision):
 
 
 def test_unimplemented_precision_is_a_user_error():
-    with pytest.raises(UserError, match="'bfp8' is not implemented"):
-        trainer(precision="bfp8")
+    with pytest.raises(UserError, match="'int4' is not implemented"):
+        trainer(precision="int4")
 
 
 def test_plain_output_is_one_line_per_epoch(capsys):
