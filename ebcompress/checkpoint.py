@@ -123,8 +123,8 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
         return state
     if problems:
         raise UserError(
-            f"no usable checkpoint: {'; '.join(problems)}; delete {path.parent} to start "
-            "this phase afresh (drop --resume)"
+            f"no usable checkpoint: {'; '.join(problems)}; delete {path.parent} and rerun "
+            "with --resume to start this phase afresh"
         )
     return None
 

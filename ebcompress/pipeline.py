@@ -29,7 +29,7 @@ from ebcompress.data import DataSplit, load_data
 from ebcompress.engine import Trainer
 from ebcompress.errors import UserError
 from ebcompress.export import ModelSpec, export, export_bundle
-from ebcompress.flops import TrainingLedger, count_flops
+from ebcompress.flops import FlopCount, TrainingLedger, count_flops
 from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, get_method
 from ebcompress.models import build_model
 from ebcompress.recipe import Recipe, TrainConfig
@@ -50,15 +50,20 @@ def run_pipeline(
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run ``recipe.prune.method`` end to end into ``out_dir`` and return the report."""
+    """Run ``recipe.prune.method`` end to end into ``out_dir`` and return the report.
+
+    ``resume`` on a finished run only rewrites its report (a run killed while drawing the
+    plots has its results in state.json already).
+    """
     run_dir = Path(out_dir)
+    dev = _training_device(device)
     if dist.is_main():
         _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     dist.barrier()
     with _run_lock(run_dir):
-        return _run(
-            recipe, run_dir, data_root=data_root, resume=resume, device=device, progress=progress
-        )
+        if resume and _is_finished(_read_state(run_dir)):
+            return write_report(run_dir) if dist.is_main() else {}
+        return _run(recipe, run_dir, data_root=data_root, resume=resume, dev=dev, progress=progress)
 
 
 def _run(
@@ -67,10 +72,9 @@ def _run(
     *,
     data_root: str | None,
     resume: bool,
-    device: str | None,
+    dev: torch.device,
     progress: bool,
 ) -> dict[str, Any]:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     method = get_method(recipe.prune.method)
     if dist.is_main():
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
@@ -84,7 +88,7 @@ def _run(
 
     model = build_dense()
     example_inputs = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(dev)
-    dense_cost = count_flops(model, input_size)
+    dense_cost = _first_forward(recipe, model, input_size)
     ledger = TrainingLedger()
     run = RunContext(
         recipe=recipe,
@@ -174,6 +178,38 @@ def _run(
     return write_report(run_dir)
 
 
+def _training_device(device: str | None) -> torch.device:
+    """``--device`` (default: cuda when available) checked before anything is written."""
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r}: ebcompress trains on cpu or cuda")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {name!r}: CUDA is not available here; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise UserError(f"--device {name!r}: this machine has CUDA devices 0..{count - 1}")
+    return parsed
+
+
+def _first_forward(recipe: Recipe, model: nn.Module, input_size: tuple[int, int, int]) -> FlopCount:
+    """The dense cost, from the model's first forward pass, where a model that cannot take the
+    data's input size fails (e.g. too many poolings for data.image_size)."""
+    try:
+        return count_flops(model, input_size)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        shape = "x".join(map(str, input_size))
+        raise UserError(
+            f"model {recipe.model.name!r} cannot run on {shape} inputs ({reason}); "
+            "check data.image_size and model.kwargs"
+        ) from exc
+
+
 def _seed_phase(seed: int, phase: str) -> None:
     """Seed the global RNGs at a phase boundary, so a run resumed there draws what an
     uninterrupted one would (inside a phase the checkpoint carries the RNG states)."""
@@ -252,17 +288,21 @@ def _results(
 
 
 def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {str(run_dir)!r} is a file, not a folder; choose another --out")
     state = _read_state(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
+        _refuse_if_locked(run_dir)  # a second writer hears of the first whatever its flags
         if overwrite:
-            _refuse_if_locked(run_dir)
             shutil.rmtree(run_dir)
-        elif state is None and not (run_dir / "recipe.yaml").exists():
+        elif state is None and not any(
+            (run_dir / name).exists() for name in ("recipe.yaml", LOCK_FILE)
+        ):  # a run killed before it wrote recipe.yaml leaves only its lock
             raise UserError(
                 f"--out {str(run_dir)!r} is a non-empty folder that holds no ebcompress run; "
                 "choose another --out"
             )
-        elif state is not None and state.get("status") == "finished":
+        elif _is_finished(state) and not resume:
             raise UserError(
                 f"{str(run_dir)!r} already holds a finished run; use --overwrite or another --out"
             )
@@ -271,7 +311,12 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
                 f"{str(run_dir)!r} holds an unfinished run; continue it with --resume "
                 "or start afresh with --overwrite"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create --out {str(run_dir)!r} ({exc.strerror or exc}); choose another --out"
+        ) from None
 
 
 def _read_state(run_dir: Path) -> dict[str, Any] | None:
@@ -282,6 +327,10 @@ def _read_state(run_dir: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None
+
+
+def _is_finished(state: dict[str, Any] | None) -> bool:
+    return state is not None and state.get("status") == "finished"
 
 
 def _write_state(run_dir: Path, state: dict[str, Any]) -> None:

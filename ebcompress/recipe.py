@@ -12,6 +12,7 @@ Lookup: ``load_recipe("quickstart")`` reads the recipe shipped with the package,
 from __future__ import annotations
 
 import copy
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,7 @@ Precision = Literal["fp32", "bf16", "fp16", "bfp8"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -33,6 +34,17 @@ class ModelConfig(_Section):
 
     name: str = "vgg11_cifar"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _no_data_set_arguments(self) -> ModelConfig:
+        taken = sorted({"num_classes", "in_chans"} & set(self.kwargs))
+        if taken:
+            raise ValueError(f"kwargs {taken} are set from the data set; remove them")
+        try:  # a YAML alias can make a value contain itself; it could not be written back
+            json.dumps(self.kwargs, default=str)
+        except ValueError:
+            raise ValueError("kwargs refer to themselves (a recursive YAML alias)") from None
+        return self
 
 
 class DataConfig(_Section):
@@ -145,7 +157,7 @@ class Recipe(_Section):
 
     name: str = "custom"
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -180,6 +192,8 @@ def _read_yaml(text: str, where: str) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise UserError(f"{where}: malformed YAML{at}; fix the syntax") from None
+    except RecursionError:
+        raise UserError(f"{where}: the YAML is nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -196,7 +210,12 @@ def _raw_recipe(ref: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     if ref.endswith((".yaml", ".yml")) or path.exists():
         if not path.is_file():
             raise UserError(f"recipe file {ref!r} does not exist; give a path or a shipped name")
-        data = _read_yaml(path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise UserError(f"recipe file {ref!r} cannot be read ({reason})") from None
+        data = _read_yaml(text, str(path))
     elif ref in shipped:
         data = _read_yaml(shipped[ref], f"recipe {ref!r}")
     else:
@@ -237,7 +256,7 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
             raise UserError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set train.lr=0.05")
         try:
             value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = text
         node = nested
         parts = key.strip().split(".")

@@ -7,6 +7,7 @@ error) into one line on stderr and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -33,6 +34,10 @@ COMMAND_MODULES = (
 )
 
 EXIT_USER_ERROR = 2
+# typer turns Ctrl-C into Exit(130) and, outside standalone mode, returns an Exit's code.
+EXIT_INTERRUPTED = 130
+# File-system failures that are the machine's state, not a bug: reported in one line.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 def _register_commands() -> None:
@@ -54,16 +59,28 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     _register_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        status = app(args=argv, standalone_mode=False)
     except UserError as exc:
         fail(str(exc))
     except TyperException as exc:  # typer's (vendored click) usage errors
         ctx = getattr(exc, "ctx", None)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-        fail(f"{exc.format_message()}{hint}")
+        # No arguments at all prints the help and raises an error without a message.
+        fail(f"{exc.format_message() or 'no command given'}{hint}")
     except typer.Abort:
         fail("aborted")
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         fail("interrupted; resume with --resume")
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        fail(
+            f"{exc.strerror}{where}; free space or fix permissions, then rerun (--resume continues)"
+        )
+    if status == EXIT_INTERRUPTED:
+        fail("interrupted; resume with --resume")
+    if isinstance(status, int) and status:
+        raise SystemExit(status)
