@@ -57,7 +57,7 @@ class DataConfig(_Section):
     image_size: int = Field(32, ge=8, le=1024)
     train_subset: int | None = Field(None, ge=1)
     test_subset: int | None = Field(None, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=64)
 
 
 class TrainConfig(_Section):
