@@ -107,6 +107,8 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        # Other work on the machine is what makes CPU timings noisy; record how much there was.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -167,7 +169,10 @@ def _onnx_call(path: Path, batch: torch.Tensor, device: str) -> Callable[[], obj
     provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
     if provider not in ort.get_available_providers():
         raise UserError(f"bench: onnxruntime has no {provider} here; use --device cpu")
-    session = ort.InferenceSession(str(path), providers=[provider])
+    options = ort.SessionOptions()
+    # The same thread count as torch, so that the two runtimes are compared on equal terms.
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=[provider])
     feed = {session.get_inputs()[0].name: batch.cpu().numpy()}
     return lambda: session.run(None, feed)
 

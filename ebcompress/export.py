@@ -29,9 +29,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ebcompress.bundle import ModelSpec, export_bundle, load
+from ebcompress.bundle import ModelSpec, export_bundle, load, sync_timm_attributes
 from ebcompress.errors import UserError
 from ebcompress.ticket import Ticket
+
+# The bundle's names are re-exported: `from ebcompress.export import load` is the documented path.
+__all__ = [
+    "FORMATS",
+    "ExportError",
+    "ModelSpec",
+    "default_path",
+    "export",
+    "export_bundle",
+    "load",
+    "sync_timm_attributes",
+    "verify_outputs",
+]
 
 FORMATS = ("bundle", "onnx", "torchscript", "pt2")
 # File names inside a bundle folder when the caller gives a folder or no path.

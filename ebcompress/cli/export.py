@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import typer
 from rich.console import Console
 
@@ -61,10 +62,15 @@ def bench(
     runtime: str = typer.Option("torch", help="torch | onnxruntime"),
     repeats: int = typer.Option(10, min=1, help="timed repeats (the median is reported)"),
     warmup: int = typer.Option(3, min=0, help="untimed calls first"),
+    threads: int = typer.Option(
+        0, min=0, help="CPU threads for both runtimes (0: torch's default)"
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="also write the result as JSON"),
 ) -> None:
     """Dense vs slim latency and throughput side by side, next to the MAC reduction."""
     sizes = _batch_sizes(batch_sizes)
+    if threads:
+        torch.set_num_threads(threads)
     result = bench_bundle(
         source, batch_sizes=sizes, device=device, runtime=runtime, warmup=warmup,
         repeats=repeats,
