@@ -229,6 +229,8 @@ def _describe(
     # The earliest aligned conv/linear in module order names the group, whichever one tp
     # happened to start from, so the name is the same on every copy of the model.
     roots = [m for m in aligned if isinstance(m, (ops.TORCH_CONV, ops.TORCH_LINEAR))]
+    if not roots:  # e.g. channels only reachable through index mappings (res2net splits)
+        raise _Unsupported("no conv/linear layer produces exactly these channels")
     root = min(roots, key=order.get)
     members = sorted(
         {m for m in (item.dep.target.module for item in group) if m in order}, key=order.get
