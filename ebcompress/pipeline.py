@@ -28,7 +28,7 @@ from ebcompress import distributed as dist
 from ebcompress.data import DataSplit, load_data
 from ebcompress.engine import Trainer
 from ebcompress.errors import UserError
-from ebcompress.export import ModelSpec, export, export_bundle
+from ebcompress.export import ModelSpec, default_path, export, export_bundle
 from ebcompress.flops import FlopCount, TrainingLedger, count_flops
 from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, get_method
 from ebcompress.models import build_model
@@ -151,7 +151,7 @@ def _run(
         if fmt != "bundle":
             export(
                 unwrapped,
-                run_dir / "model" / f"model.{'pt2' if fmt == 'pt2' else fmt}",
+                default_path(run_dir / "model", fmt),
                 format=fmt,
                 spec=spec,
                 ticket=outcome.ticket,

@@ -22,6 +22,7 @@ FAST = [
     "data.train_subset=640",
     "prune.window=3",
     "prune.watch_ratios=[0.5]",
+    "export.formats=[bundle,onnx]",
 ]
 
 
@@ -63,6 +64,7 @@ def test_run_directory_holds_every_artifact(finished_run) -> None:
     for name in ("recipe.yaml", "state.json", "metrics.jsonl", "ticket.json", "report.json"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "model" / "model.safetensors").is_file()
+    assert (run_dir / "model" / "model.onnx").is_file()
     assert (run_dir / "masks" / "history.json").is_file()
     assert (run_dir / "checkpoints" / "search" / "last.pt").is_file()
     phases = [json.loads(line)["phase"] for line in (run_dir / "metrics.jsonl").open()]
