@@ -13,9 +13,10 @@ A bundle is a folder that rebuilds a (slim) network without executing anyone's p
 Anything that does not match - a missing file, a changed tensor shape, another architecture - is
 a :class:`~ebcompress.errors.UserError` that names what differs.
 
-:func:`sync_timm_attributes` keeps a slim timm model a timm model: torch-pruning rewrites the
-layers but not plain integer attributes such as ``num_features``, which ``reset_classifier``
-reads to size the new head.
+A slim timm model stays a timm model: ``slim`` calls
+:func:`ebcompress.timm_compat.sync_timm_attributes`, because torch-pruning rewrites the layers
+but not plain integer attributes such as ``num_features``, which ``reset_classifier`` reads
+to size the new head.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ebcompress.errors import UserError
+from ebcompress.slim import slim
 from ebcompress.ticket import Ticket
 
 BUNDLE_FORMAT = 1
@@ -237,9 +239,6 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
     (passing the ticket's ``extra["ignored_layers"]`` names, if any, as the layers kept dense),
     restores timm's width attributes, then loads ``model.safetensors`` strictly. Never unpickles.
     """
-    # Imported here because slim.py may itself use sync_timm_attributes from this module.
-    from ebcompress.slim import slim
-
     folder, spec, ticket = read_bundle(path)
     try:
         model = spec.build_dense()
@@ -257,60 +256,6 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
                 f"bundle {str(folder)!r}: {STRUCTURE_FILE}{drawn_for} does not fit arch "
                 f"{spec.arch!r} from {CONFIG_FILE}: {exc}"
             ) from None
-    sync_timm_attributes(model, example)
     _check_weights(model, folder / WEIGHTS_FILE)
     load_model(model, str(folder / WEIGHTS_FILE), strict=True)
     return model.to(map_location).eval()
-
-
-# --------------------------------------------------------------------------- timm
-@torch.no_grad()
-def sync_timm_attributes(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
-    """Make a (slimmed) timm model's width attributes report its actual widths.
-
-    timm stores ``num_features`` (channels out of ``forward_features``), ``head_hidden_size``
-    (width into the classifier) and ``feature_info[i]["num_chs"]`` as plain values that
-    torch-pruning does not update; ``reset_classifier`` sizes the new head from them. They are
-    measured with one forward pass on ``example_inputs``. A model without ``forward_features``
-    and ``forward_head`` (not timm-style) is returned unchanged. Idempotent.
-    """
-    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
-        return model
-    infos = getattr(model, "feature_info", None)
-    stage_widths: dict[str, int] = {}
-    hooks = []
-    if isinstance(infos, list):
-        modules = dict(model.named_modules())
-        for info in infos:
-            name = info.get("module") if isinstance(info, dict) else None
-            if name in modules:
-
-                def record(_module, _inputs, output, name=name) -> None:
-                    if isinstance(output, torch.Tensor) and output.dim() == 4:
-                        stage_widths[name] = int(output.shape[1])
-
-                hooks.append(modules[name].register_forward_hook(record))
-    was_training = model.training
-    model.eval()
-    try:
-        features = model.forward_features(example_inputs)
-        pre_logits = model.forward_head(features, pre_logits=True)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    # CNN features are NCHW (also pre-logits with global_pool=""); token models keep channels last.
-    _set_plain_attribute(model, "num_features", features)
-    _set_plain_attribute(model, "head_hidden_size", pre_logits)
-    for info in infos if isinstance(infos, list) else ():
-        if isinstance(info, dict) and info.get("module") in stage_widths:
-            info["num_chs"] = stage_widths[info["module"]]
-    return model
-
-
-def _set_plain_attribute(model: nn.Module, name: str, output: object) -> None:
-    """Set a width attribute the model stores as a value; computed properties stay as they are."""
-    if not hasattr(model, name) or isinstance(getattr(type(model), name, None), property):
-        return
-    if isinstance(output, torch.Tensor) and output.dim() >= 2:
-        setattr(model, name, int(output.shape[1] if output.dim() == 4 else output.shape[-1]))

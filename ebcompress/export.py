@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ebcompress.bundle import ModelSpec, export_bundle, load, sync_timm_attributes
+from ebcompress.bundle import ModelSpec, export_bundle, load
 from ebcompress.errors import UserError
 from ebcompress.ticket import Ticket
+from ebcompress.timm_compat import sync_timm_attributes
 
 # The bundle's names are re-exported: `from ebcompress.export import load` is the documented path.
 __all__ = [

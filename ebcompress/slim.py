@@ -30,6 +30,7 @@ from ebcompress.channels import (
 from ebcompress.channels import trace_channel_groups as _trace
 from ebcompress.errors import UserError
 from ebcompress.ticket import Ticket, structure_fingerprint
+from ebcompress.timm_compat import sync_timm_attributes
 
 LayerRef = nn.Module | str
 
@@ -68,7 +69,7 @@ def slim(
         _check_forward(slimmed, example_inputs)
     for name, param in slimmed.named_parameters():
         param.requires_grad_(requires_grad[name])
-    return slimmed
+    return sync_timm_attributes(slimmed, example_inputs)
 
 
 def masked_equivalent(

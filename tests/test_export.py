@@ -20,10 +20,10 @@ from ebcompress.bundle import (
     ModelSpec,
     export_bundle,
     load,
-    sync_timm_attributes,
 )
 from ebcompress.errors import UserError
 from ebcompress.export import ExportError, export, verify_outputs
+from ebcompress.timm_compat import sync_timm_attributes
 
 
 @pytest.fixture(scope="module")
