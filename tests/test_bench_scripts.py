@@ -1,0 +1,163 @@
+"""Smoke tests of the headline benchmark scripts on a tiny fake Fashion-MNIST folder.
+
+They run benchmarks/eb_vs_baselines.py and benchmarks/eb_emergence.py end to end at toy size
+(a few seconds of training) and check what they write, and check benchmarks/run_all.py's
+dispatch without running the real benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from data_fakes import write_fake_fashion_mnist
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import eb_emergence  # noqa: E402
+import eb_vs_baselines  # noqa: E402
+import run_all  # noqa: E402
+
+# Toy size; epsilon 1 with a window of 2 makes the ticket emerge at epoch 2 for certain.
+TINY = (
+    "data.train_subset=48",
+    "data.test_subset=20",
+    "train.epochs=3",
+    "train.milestones=[2]",
+    "train.batch_size=16",
+    "model.kwargs={width_mult: 0.125}",
+    "prune.window=2",
+    "prune.epsilon=1.0",
+)
+
+
+def _sets(pairs: tuple[str, ...]) -> list[str]:
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+@pytest.fixture(scope="module")
+def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train=48, n_test=20)
+
+
+@pytest.mark.slow
+def test_eb_vs_baselines_writes_table_and_verdicts(fashion_root: Path, tmp_path: Path) -> None:
+    argv = [
+        *("--methods", "eb,ns", "--ratios", "0.5", "--data-root", str(fashion_root)),
+        *("--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), "--stem", "t"),
+        "--quiet",
+        *_sets(TINY),
+    ]
+    result = eb_vs_baselines.main(argv)
+
+    assert [(r["method"], r["ratio"]) for r in result["rows"]] == [("eb", 0.5), ("ns", 0.5)]
+    eb, ns = result["rows"]
+    assert eb["ticket_epoch"] == 2 and eb["emerged"]
+    assert ns["search_epochs"] == 3
+    assert all(r["wall_seconds"] > 0 for r in result["rows"])
+    (verdict,) = result["targets"]
+    assert verdict["flops_ratio"] == pytest.approx(ns["total_flops"] / eb["total_flops"])
+    assert verdict["flops_met"] == (verdict["flops_ratio"] >= eb_vs_baselines.FLOPS_TARGET)
+    assert verdict["accuracy_met"] == (verdict["accuracy_points"] >= -0.5)
+    assert len(verdict["why"]) == [
+        verdict["flops_met"],
+        verdict["time_met"],
+        verdict["accuracy_met"],
+    ].count(False)
+    for key in ("platform", "cpu_count", "torch", "date"):
+        assert key in result["machine"]
+    assert result["recipe"]["train"]["epochs"] == 3
+
+    saved = json.loads((tmp_path / "res" / "t.json").read_text())
+    assert saved["rows"] == result["rows"]
+    text = (tmp_path / "res" / "t.md").read_text()
+    assert "| eb | 0.5 |" in text and "| ns | 0.5 |" in text
+    assert re.search(r"\| 0\.5 \| [\d.]+x (met|\*\*MISSED\*\*)", text)
+    assert (tmp_path / "res" / "t_accuracy_vs_flops.png").stat().st_size > 0
+
+    # A second invocation reads the finished runs back, wall times included.
+    again = eb_vs_baselines.main(argv)
+    assert [r["wall_seconds"] for r in again["rows"]] == [r["wall_seconds"] for r in result["rows"]]
+
+
+@pytest.mark.slow
+def test_eb_emergence_retrains_each_draw_and_marks_emergence(
+    fashion_root: Path, tmp_path: Path
+) -> None:
+    argv = [
+        *("--ratios", "0.5", "--draw-epochs", "1,40", "--retrain-epochs", "2"),
+        *("--data-root", str(fashion_root), "--results", str(tmp_path), "--stem", "e"),
+        *_sets(TINY),
+    ]
+    result = eb_emergence.main(argv)
+
+    # Epoch 40 lies outside the 3-epoch schedule; the final epoch and emergence are added.
+    assert result["draw_epochs"] == [1, 3]
+    assert result["emerged_epochs"] == {"0.5": 2}
+    points = {p["draw_epoch"]: p for p in result["points"]}
+    assert sorted(points) == [1, 2, 3]
+    assert [points[e]["emerged_here"] for e in (1, 2, 3)] == [False, True, False]
+    assert all(0.0 <= p["test_top1"] <= 1.0 and p["macs"] > 0 for p in points.values())
+    assert points[3]["total_flops"] > points[1]["total_flops"]  # more dense epochs before it
+    assert result["retrain_milestones"] == [1]  # [2] of 3 epochs scaled onto 2
+    distances = result["window_max_distances"]["0.5"]
+    assert len(distances) == 3 and distances[0] is None
+    for suffix in ("json", "md", "png"):
+        assert (tmp_path / f"e.{suffix}").stat().st_size > 0
+    assert "| 0.5 | 2 (emergence) |" in (tmp_path / "e.md").read_text()
+
+
+def test_draw_epochs_and_retrain_schedule() -> None:
+    assert eb_emergence.draw_epochs_for(24, [2, 5, 10, 20, 40]) == [2, 5, 10, 20, 24]
+    recipe = eb_vs_baselines.budget_recipe("fashion_mnist_vgg_p30", "full", [])
+    half = eb_emergence.retrain_schedule(recipe.train, recipe.train.epochs // 2)
+    assert half.epochs == recipe.train.epochs // 2
+    assert half.milestones == [round(m / 2) for m in recipe.train.milestones]
+    assert eb_emergence.retrain_schedule(recipe.train, recipe.train.epochs) is recipe.train
+    by_eps = eb_emergence.emergence_by_epsilon([None, 0.3, 0.11, 0.09], (0.05, 0.1, 0.12, 0.5))
+    assert by_eps == {"0.05": None, "0.1": 4, "0.12": 3, "0.5": 2}
+
+
+def test_budgets_shrink_the_recipe_and_keep_full_results_apart() -> None:
+    full = eb_vs_baselines.budget_recipe("fashion_mnist_vgg_p30", "full", [])
+    short = eb_vs_baselines.budget_recipe("fashion_mnist_vgg_p30", "short", ["train.lr=0.05"])
+    assert full.data.name == "fashion_mnist"
+    assert short.train.epochs < full.train.epochs
+    assert short.data.train_subset < full.data.train_subset
+    assert short.train.lr == 0.05  # --set applies after the budget
+    assert eb_vs_baselines.budget_stem("eb_vs_baselines", "full") == "eb_vs_baselines"
+    assert eb_vs_baselines.budget_stem("eb_vs_baselines", "short") == "eb_vs_baselines_short"
+
+
+@pytest.mark.parametrize("budget", run_all.BUDGETS)
+def test_run_all_passes_only_flags_each_script_defines(budget: str) -> None:
+    for bench in run_all.BENCHMARKS:
+        assert bench.script.is_file(), f"{bench.script} is missing"
+        source = bench.script.read_text(encoding="utf-8")
+        for flag in (a for a in bench.argv(budget)[2:] if a.startswith("--")):
+            assert f'"{flag}"' in source, f"{bench.name} has no {flag} option"
+
+
+def test_run_all_reports_missing_and_failing_scripts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "ok.py").write_text("import sys; sys.exit(0)\n")
+    (tmp_path / "boom.py").write_text("import sys; sys.exit(3)\n")
+    monkeypatch.setattr(run_all, "HERE", tmp_path)
+    monkeypatch.setattr(
+        run_all,
+        "BENCHMARKS",
+        tuple(run_all.Benchmark(n, full="", short="") for n in ("ok", "boom", "gone")),
+    )
+    summary = run_all.run_all("short")
+    assert [r["status"] for r in summary] == ["ok", "failed (exit 3)", "missing"]
+    assert run_all.main(["--only", "ok"]) == 0
+    assert run_all.main(["--only", "boom"]) == 1
+    assert run_all.main(["--dry-run"]) == 1  # a missing script fails even a dry run
+    with pytest.raises(SystemExit, match="unknown benchmark"):
+        run_all.main(["--only", "nope"])
+    assert "gone.py not found" in capsys.readouterr().out
