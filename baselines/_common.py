@@ -9,7 +9,7 @@ layers whose *output* channels form each prunable group (:func:`group_layers`), 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader
 
 from ebcompress.channels import ChannelGraph, trace_channel_groups
 from ebcompress.distributed import unwrap
-from ebcompress.engine import Trainer
 from ebcompress.method import RunContext
 from ebcompress.recipe import Recipe
 
@@ -79,30 +78,6 @@ def draw_options(recipe: Recipe) -> dict[str, Any]:
     """The recipe's options for :meth:`ChannelGraph.draw` that every method honours."""
     prune = recipe.prune
     return {"min_keep": prune.min_keep, "round_to": prune.round_to, "model_name": recipe.model.name}
-
-
-def train_dense(run: RunContext, callbacks: Sequence[Any] = ()) -> Trainer:
-    """Train ``run.model`` on the full dense schedule as phase ``search`` (ledger: dense MACs).
-
-    Resumable like every phase: a finished search checkpoint is loaded, not re-run.
-    """
-    recipe = run.recipe
-    trainer = Trainer(
-        run.model,
-        run.data,
-        recipe.train,
-        phase="search",
-        callbacks=list(callbacks),
-        run_dir=run.run_dir,
-        device=run.device,
-        seed=recipe.seed,
-        ledger=run.ledger,
-        macs_per_sample=run.dense_macs,
-        progress=run.progress,
-        num_workers=recipe.data.num_workers,
-    )
-    trainer.fit(resume=run.resume)
-    return trainer
 
 
 class AfterBackward:

@@ -33,7 +33,6 @@ from ebcompress.baselines._common import (
     clone_state,
     draw_options,
     group_layers,
-    train_dense,
 )
 from ebcompress.baselines._masks import (
     WeightMaskCallback,
@@ -45,7 +44,7 @@ from ebcompress.baselines._masks import (
 )
 from ebcompress.distributed import unwrap
 from ebcompress.errors import UserError
-from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, register_method
+from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, register_method, train_dense
 
 
 class RewindSnapshot:

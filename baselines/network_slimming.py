@@ -19,8 +19,8 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ebcompress.baselines._common import AfterBackward, channel_graph, draw_options, train_dense
-from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, register_method
+from ebcompress.baselines._common import AfterBackward, channel_graph, draw_options
+from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, register_method, train_dense
 from ebcompress.recipe import Recipe
 from ebcompress.sparsity import BNL1Regularizer
 

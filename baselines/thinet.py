@@ -42,13 +42,12 @@ from ebcompress.baselines._common import (
     draw_options,
     group_layers,
     sample_batches,
-    train_dense,
 )
 from ebcompress.baselines._masks import prunable_weights
 from ebcompress.baselines.network_slimming import finetune_plan
 from ebcompress.channels import modes_preserved
 from ebcompress.distributed import unwrap
-from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, register_method
+from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, register_method, train_dense
 
 
 class _Captured(Exception):

@@ -14,13 +14,14 @@ from typing import Any, ClassVar
 
 from ebcompress import distributed
 from ebcompress.earlybird import EarlyBird
-from ebcompress.engine import EpochStats, Trainer
+from ebcompress.engine import EpochStats
 from ebcompress.method import (
     RetrainPlan,
     RunContext,
     SearchOutcome,
     register_method,
     retrain_epochs_after_search,
+    train_dense,
 )
 from ebcompress.progress import log
 
@@ -68,22 +69,7 @@ class EarlyBirdTrain:
             model_name=recipe.model.name,
         )
         limit = min(prune.max_search_epochs or recipe.train.epochs, recipe.train.epochs)
-        trainer = Trainer(
-            run.model,
-            run.data,
-            recipe.train,
-            phase="search",
-            end_epoch=limit,
-            callbacks=[bird, _DistanceLine(bird, prune.epsilon)],
-            run_dir=run.run_dir,
-            device=run.device,
-            seed=recipe.seed,
-            ledger=run.ledger,
-            macs_per_sample=run.dense_macs,
-            progress=run.progress,
-            num_workers=recipe.data.num_workers,
-        )
-        trainer.fit(resume=run.resume)
+        trainer = train_dense(run, [bird, _DistanceLine(bird, prune.epsilon)], end_epoch=limit)
         if run.run_dir is not None and distributed.is_main():
             bird.history.save(run.run_dir / "masks")
         extra: dict[str, Any] = {

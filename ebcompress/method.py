@@ -19,7 +19,7 @@ Methods register by key (``eb``, ``ns``, ``lt``, ``snip``, ``thinet``); a duplic
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ebcompress.data import DataSplit
+from ebcompress.engine import Trainer
 from ebcompress.errors import UserError
 from ebcompress.flops import TrainingLedger
 from ebcompress.recipe import Recipe
@@ -126,6 +127,32 @@ def get_method(key: str) -> Method:
     if key not in methods:
         raise UserError(f"unknown method {key!r}; choose one of: {', '.join(methods)}")
     return methods[key]()
+
+
+def train_dense(
+    run: RunContext, callbacks: Sequence[Any] = (), *, end_epoch: int | None = None
+) -> Trainer:
+    """Train ``run.model`` dense as phase ``search`` (ledger: dense MACs), up to ``end_epoch``
+    (default: the whole schedule). Resumable like every phase: a finished search checkpoint is
+    loaded, not re-run. Every method's search goes through here."""
+    recipe = run.recipe
+    trainer = Trainer(
+        run.model,
+        run.data,
+        recipe.train,
+        phase="search",
+        end_epoch=end_epoch,
+        callbacks=list(callbacks),
+        run_dir=run.run_dir,
+        device=run.device,
+        seed=recipe.seed,
+        ledger=run.ledger,
+        macs_per_sample=run.dense_macs,
+        progress=run.progress,
+        num_workers=recipe.data.num_workers,
+    )
+    trainer.fit(resume=run.resume)
+    return trainer
 
 
 def retrain_epochs_after_search(recipe: Recipe, search_epochs: int) -> tuple[int, int]:
