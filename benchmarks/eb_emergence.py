@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--stem", default=None, help="<results>/<stem>.* (default: by budget)")
-    # One thread: on a shared 2-core host two threads contend (measured 4x slower at load 4).
+    # One thread by default: on this 2-core host two threads ran 1.5x faster when it was quiet
+    # but 4x slower at load average 4 (other jobs), so a shared host gets the safe choice.
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ BUDGETS: dict[str, tuple[str, ...]] = {
         "train.milestones=[5,8]",
         "prune.window=3",
         "prune.max_search_epochs=8",
+        "retrain.epochs=10",
     ),
 }
 
@@ -91,7 +93,7 @@ def run_one(
     if sidecar.is_file():
         return json.loads(sidecar.read_text(encoding="utf-8"))
     resumed = run_dir.exists()
-    load_before = os.getloadavg()[0]
+    machine, load_before = machine_info(device or "cpu"), os.getloadavg()[0]
     start = time.perf_counter()
     run_compare(
         recipe,
@@ -103,6 +105,7 @@ def run_one(
         progress=progress,
     )
     record = {
+        "machine": machine,  # its date is the run's start
         "wall_seconds": time.perf_counter() - start,
         "resumed": resumed,  # an interrupted run's wall time misses its earlier part
         "load_before": load_before,
@@ -127,6 +130,20 @@ def _refuse_other_config(run_dir: Path, recipe: Recipe, method: str, ratio: floa
             f"{str(run_dir)!r} holds a run of another configuration; delete it or choose "
             "another --runs folder"
         )
+
+
+def _wall_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """What a table row keeps of a run's wall clock record."""
+    return {
+        "wall_seconds": record["wall_seconds"],
+        "resumed": record["resumed"],
+        "load_average": [record["load_before"], record["load_after"]],
+    }
+
+
+def _load_range(records: Iterable[dict[str, Any]]) -> list[float]:
+    loads = [x for r in records for x in (r["load_before"], r["load_after"])]
+    return [min(loads), max(loads)]
 
 
 def _report(runs: Path, row: dict[str, Any]) -> dict[str, Any]:
@@ -159,15 +176,20 @@ def assess(rows: list[dict[str, Any]], runs: Path, epochs: int) -> list[dict[str
             "eb_emerged": eb["emerged"],
             "why": [],
         }
-        verdict["why"] = explain(verdict, eb_report, ns_report, epochs)
+        verdict["why"] = explain(verdict, eb_report, ns_report, epochs, {"eb": eb, "ns": ns})
         verdicts.append(verdict)
     return verdicts
 
 
 def explain(
-    verdict: dict[str, Any], eb: dict[str, Any], ns: dict[str, Any], epochs: int
+    verdict: dict[str, Any],
+    eb: dict[str, Any],
+    ns: dict[str, Any],
+    epochs: int,
+    walls: dict[str, dict[str, Any]],
 ) -> list[str]:
-    """Plain-language reasons for each missed target, from the two runs' reports."""
+    """Plain-language reasons for each missed target, from the two runs' reports and table
+    rows (``walls``: method -> row with its load averages)."""
     reasons = []
     search = eb["search"]
     ticket_epoch = eb["ticket"]["epoch"]
@@ -200,6 +222,7 @@ def explain(
             f"wall time: {verdict['wall_ratio']:.2f}x (training passes alone "
             f"{verdict['train_time_ratio']:.2f}x) against {verdict['flops_ratio']:.2f}x in FLOPs; "
             + _speed_note(eb)
+            + f"; load average during NS {_loads(walls['ns'])}, during EB {_loads(walls['eb'])}"
         )
     if not verdict["accuracy_met"]:
         reasons.append(
@@ -218,11 +241,18 @@ def _speed_note(report: dict[str, Any]) -> str:
         return "per-phase timing unavailable"
     per_epoch = {k: seconds[k] / max(phases[k]["epochs"], 1) for k in ("search", "retrain")}
     macs = phases["retrain"]["macs_per_sample"] / phases["search"]["macs_per_sample"]
-    return (
-        f"a slim epoch took {per_epoch['retrain'] / per_epoch['search']:.0%} of a dense epoch's "
-        f"time at {macs:.0%} of its MACs (small layers run below the CPU's peak, and "
-        "evaluation, tracing and export add fixed costs)"
+    time_share = per_epoch["retrain"] / per_epoch["search"]
+    note = (
+        f"EB's slim epochs took {time_share:.0%} of a dense epoch's time at {macs:.0%} of its MACs"
     )
+    if time_share > 1.25 * macs:
+        note += " (the slim net speeds up less than its MACs on this CPU)"
+    return note
+
+
+def _loads(row: dict[str, Any]) -> str:
+    before, after = row["load_average"]
+    return f"{before:.1f}->{after:.1f}"
 
 
 def markdown(result: dict[str, Any], plot: str | None) -> str:
@@ -234,9 +264,11 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:
         "# EB Train vs baselines on Fashion-MNIST",
         "",
         machine_line(result["machine"]),
-        f"Budget `{result['budget']}`; the whole benchmark took {result['wall_seconds'] / 60:.1f} "
-        f"min (load average {result['load_average'][0]:.1f} at the start, "
-        f"{result['load_average'][1]:.1f} at the end).",
+        f"Budget `{result['budget']}`; the {len(result['rows'])} runs took "
+        f"{result['wall_seconds'] / 60:.1f} min in all, one after the other, the last finishing "
+        f"{result['last_finished']}; the 1-minute load average of this shared host ranged "
+        f"{result['load_average_range'][0]:.1f}-{result['load_average_range'][1]:.1f} "
+        "(per run in the JSON).",
         "",
         f"Config: `{model['name']}` {model['kwargs']}, {data['name']} {data['image_size']} px, "
         f"{data['train_subset'] or 'all'} train / {data['test_subset'] or 'all'} test images, "
@@ -277,7 +309,8 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:
         "",
         "train s: the training passes (ledger); wall s: the whole run (search, evaluation after "
         "every epoch, slimming, retraining, export), measured around each run. A wall time "
-        "marked resumed in the JSON misses the part before the interruption.",
+        "marked resumed in the JSON misses the part before the interruption. How tickets drawn "
+        "at each epoch retrain: eb_emergence.md (the paper's Figure 1).",
     ]
     if plot:
         lines += ["", f"![accuracy vs training FLOPs]({plot})"]
@@ -299,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--runs", type=Path, help="run folders (default runs/bench_<stem>)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--stem", help="<results>/<stem>.{json,md} (default: by budget)")
-    # One thread: on a shared 2-core host two threads contend (measured 4x slower at load 4).
+    # One thread by default: on this 2-core host two threads ran 1.5x faster when it was quiet
+    # but 4x slower at load average 4 (other jobs), so a shared host gets the safe choice.
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -312,7 +346,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
     recipe = budget_recipe(args.recipe, args.budget, args.overrides)
 
-    machine, load_start, start = machine_info(args.device), os.getloadavg()[0], time.perf_counter()
     walls = {}
     for method in methods:
         for ratio in ratios:
@@ -329,19 +362,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         recipe, runs, methods=methods, ratios=ratios, data_root=args.data_root, device=args.device
     )
     rows = [
-        {**row, **{k: walls[(row["method"], row["ratio"])][k] for k in ("wall_seconds", "resumed")}}
-        for row in compared["rows"]
+        {**row, **_wall_fields(walls[(row["method"], row["ratio"])])} for row in compared["rows"]
     ]
+    first = walls[(methods[0], ratios[0])]
     result = {
         "benchmark": "eb_vs_baselines",
-        "machine": machine,
+        # The first run's machine and start date (re-rendering finished runs changes neither).
+        "machine": first.get("machine") or machine_info(args.device),
         "budget": args.budget,
         "argv": sys.argv[1:] if argv is None else list(argv),
         "recipe": recipe.to_dict(),
         "methods": methods,
         "ratios": ratios,
-        "wall_seconds": time.perf_counter() - start,
-        "load_average": [load_start, os.getloadavg()[0]],
+        "wall_seconds": sum(w["wall_seconds"] for w in walls.values()),
+        "last_finished": max(w["finished"] for w in walls.values()),
+        "load_average_range": _load_range(walls.values()),
         "runs": str(runs),
         "rows": rows,
         "walls": [{"method": m, "ratio": p, **w} for (m, p), w in walls.items()],

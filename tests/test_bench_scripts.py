@@ -32,6 +32,7 @@ TINY = (
     "model.kwargs={width_mult: 0.125}",
     "prune.window=2",
     "prune.epsilon=1.0",
+    "retrain.epochs=3",
 )
 
 
@@ -128,6 +129,7 @@ def test_budgets_shrink_the_recipe_and_keep_full_results_apart() -> None:
     assert full.data.name == "fashion_mnist"
     assert short.train.epochs < full.train.epochs
     assert short.data.train_subset < full.data.train_subset
+    assert short.retrain.epochs == short.train.epochs == 10  # NS would otherwise fine-tune 30
     assert short.train.lr == 0.05  # --set applies after the budget
     assert eb_vs_baselines.budget_stem("eb_vs_baselines", "full") == "eb_vs_baselines"
     assert eb_vs_baselines.budget_stem("eb_vs_baselines", "short") == "eb_vs_baselines_short"
