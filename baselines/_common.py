@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from torch.utils.data import DataLoader
 
-from ebcompress.channels import ChannelGraph, trace_channel_groups
+from ebcompress.channels import ChannelGraph
 from ebcompress.distributed import unwrap
+from ebcompress.groups import trace_channel_groups
 from ebcompress.method import RunContext
 from ebcompress.recipe import Recipe
 

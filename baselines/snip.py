@@ -47,8 +47,8 @@ from ebcompress.baselines._masks import (
     prunable_weights,
     weight_sparsity,
 )
-from ebcompress.channels import modes_preserved
 from ebcompress.distributed import unwrap
+from ebcompress.groups import modes_preserved
 from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, register_method
 
 

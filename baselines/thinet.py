@@ -45,8 +45,8 @@ from ebcompress.baselines._common import (
 )
 from ebcompress.baselines._masks import prunable_weights
 from ebcompress.baselines.network_slimming import finetune_plan
-from ebcompress.channels import modes_preserved
 from ebcompress.distributed import unwrap
+from ebcompress.groups import modes_preserved
 from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, register_method, train_dense
 
 

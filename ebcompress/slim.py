@@ -11,24 +11,23 @@ computes, for tests and for users who want to check a slim model.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
 from torch_pruning import ops
 
-from ebcompress.channels import (
+from ebcompress.errors import UserError
+from ebcompress.groups import (
     GroupHandle,
-    first_sample,
+    clone_module,
     model_device,
     modes_preserved,
-    out_width,
+    same_layers,
 )
-from ebcompress.channels import trace_channel_groups as _trace
-from ebcompress.errors import UserError
+from ebcompress.groups import trace_channel_groups as _trace
+from ebcompress.probe import forward_error, pruning_group, width_error
 from ebcompress.ticket import Ticket, structure_fingerprint
 from ebcompress.timm_compat import sync_timm_attributes
 
@@ -55,7 +54,7 @@ def slim(
     batch of the shape the ticket was drawn with.
     """
     example_inputs = resolve_example_inputs(model, ticket, example_inputs)
-    slimmed = copy.deepcopy(model)
+    slimmed = clone_module(model)
     requires_grad = {name: p.requires_grad for name, p in slimmed.named_parameters()}
     with modes_preserved(slimmed):
         graph, handles = _matching_groups(
@@ -64,7 +63,7 @@ def slim(
         for handle in handles:
             pruned = ticket.pruned(handle.info.name)
             if pruned:
-                _pruning_group(graph, handle, pruned).prune()
+                pruning_group(graph, handle, pruned).prune()
         _check_widths(handles, ticket)
         _check_forward(slimmed, example_inputs)
     for name, param in slimmed.named_parameters():
@@ -91,7 +90,7 @@ def masked_equivalent(
     ``masked_equivalent(x) == slim(x)`` up to float rounding, for every architecture.
     """
     example_inputs = resolve_example_inputs(model, ticket, example_inputs)
-    masked = copy.deepcopy(model)
+    masked = clone_module(model)
     with modes_preserved(masked):
         graph, handles = _matching_groups(
             model, masked, ticket, example_inputs, graph_ignored_layers
@@ -100,7 +99,7 @@ def masked_equivalent(
             for handle in handles:
                 pruned = ticket.pruned(handle.info.name)
                 if pruned:
-                    for item in _pruning_group(graph, handle, pruned):
+                    for item in pruning_group(graph, handle, pruned):
                         _zero(graph, item.dep, item.idxs)
     return masked
 
@@ -137,7 +136,9 @@ def _matching_groups(
     ignored: Sequence[LayerRef],
 ) -> tuple[tp.DependencyGraph, list[GroupHandle]]:
     """Trace ``clone`` and check that the ticket describes its groups, naming any difference."""
-    graph, handles, _ = _trace(clone, example_inputs, _same_layers(original, clone, ignored))
+    dense = ticket.extra.get("kept_dense") or {}
+    ignored_layers = same_layers(original, clone, ignored)
+    graph, handles, _ = _trace(clone, example_inputs, ignored_layers, dense=dense)
     widths = {handle.info.name: handle.info.width for handle in handles}
     if list(widths.items()) != list(ticket.widths.items()):
         raise UserError(f"ticket does not fit this model: {_difference(ticket.widths, widths)}")
@@ -164,75 +165,21 @@ def _difference(expected: dict[str, int], found: dict[str, int]) -> str:
     return f"the groups are listed in another order; {hint}"
 
 
-def _same_layers(
-    original: nn.Module, clone: nn.Module, layers: Sequence[LayerRef]
-) -> list[nn.Module]:
-    """The modules of ``clone`` at the places ``layers`` name in ``original``."""
-    names = {module: name for name, module in original.named_modules()}
-    clone_modules = dict(clone.named_modules())
-    out = []
-    for layer in layers:
-        name = layer if isinstance(layer, str) else names.get(layer)
-        if name not in clone_modules:
-            raise UserError(
-                f"ignored layer {layer if name is None else name!r} is not in the model"
-            )
-        out.append(clone_modules[name])
-    return out
-
-
-def _pruning_group(graph: tp.DependencyGraph, handle: GroupHandle, idxs: list[int]) -> tp.Group:
-    pruner = graph.get_pruner_of_module(handle.root)
-    return graph.get_pruning_group(handle.root, pruner.prune_out_channels, idxs)
-
-
 def _check_widths(handles: list[GroupHandle], ticket: Ticket) -> None:
     for handle in handles:
-        kept = len(ticket.kept[handle.info.name])
-        for module in handle.aligned:
-            if out_width(module) != kept:
-                raise UserError(
-                    f"slimming group {handle.info.name!r} left {type(module).__name__} with "
-                    f"{out_width(module)} channels instead of {kept}; torch-pruning cannot slim "
-                    "this architecture"
-                )
+        error = width_error(handle, len(ticket.kept[handle.info.name]))
+        if error is not None:
+            raise UserError(f"{error}; torch-pruning cannot slim this architecture")
 
 
 def _check_forward(model: nn.Module, example_inputs: torch.Tensor) -> None:
     """Run the slimmed model once; on failure name the layer that failed."""
-    with _last_layer_entered(model) as last, torch.no_grad():
-        model.eval()
-        try:
-            model(first_sample(example_inputs, model))
-        except RuntimeError as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(
-                f"the slimmed model fails at layer {last[0]!r} ({message}); "
-                "torch-pruning cannot slim this architecture"
-            ) from None
-
-
-@contextlib.contextmanager
-def _last_layer_entered(model: nn.Module) -> Iterator[list[str]]:
-    """Forward pre-hooks that keep the name of the last leaf layer entered in ``last[0]``."""
-    last = ["<input>"]
-
-    def entering(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: object) -> None:
-            last[0] = name
-
-        return hook
-
-    hooks = [
-        module.register_forward_pre_hook(entering(name))
-        for name, module in model.named_modules()
-        if next(module.children(), None) is None
-    ]
-    try:
-        yield last
-    finally:
-        for hook in hooks:
-            hook.remove()
+    failure = forward_error(model, example_inputs)
+    if failure is not None:
+        raise UserError(
+            f"the slimmed model fails at layer {failure[0]!r} ({failure[1]}); "
+            "torch-pruning cannot slim this architecture"
+        )
 
 
 def _zero(graph: tp.DependencyGraph, dep: tp.Dependency, idxs: list[int]) -> None:

@@ -5,8 +5,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ebcompress.channels import ChannelGraph, draw_ticket, out_width
+from ebcompress.channels import ChannelGraph, draw_ticket
 from ebcompress.errors import UserError
+from ebcompress.groups import out_width
 from ebcompress.models import build_model
 from ebcompress.slim import group_widths, masked_equivalent, slim
 
@@ -208,7 +209,14 @@ def test_architecture_that_cannot_be_slimmed_names_the_layer():
     model = HiddenChannels().eval()
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(UserError, match="fails at layer 'bn'"):
-        slim(model, ChannelGraph(model, x).draw(0.5), x)
+        slim(model, ChannelGraph(model, x, probe=False).draw(0.5), x)
+
+
+def test_the_probe_keeps_a_group_dense_that_slimming_would_break():
+    model = HiddenChannels().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(UserError, match="kept dense: conv: slimming it breaks layer 'bn'"):
+        ChannelGraph(model, x)
 
 
 def test_slim_without_example_inputs_uses_the_shape_the_ticket_records() -> None:
