@@ -3,8 +3,8 @@
 Every baseline trains (or probes) the recipe's dense network through the same engine and
 ledger as Early-Bird, so their costs are measured the same way. Channel-granularity variants
 turn per-weight scores (weight magnitude, SNIP sensitivity) into per-channel scores over the
-layers whose *output* channels form each prunable group (:func:`group_layers`), and let
-:meth:`ebcompress.channels.ChannelGraph.draw` rank them.
+layers whose *output* channels form each prunable group (:func:`group_layers`), normalise them
+within each group, and let :meth:`ebcompress.channels.ChannelGraph.draw` rank them.
 """
 
 from __future__ import annotations
@@ -59,14 +59,29 @@ def channel_scores(
     layers: Mapping[str, GroupLayers], weight_scores: Mapping[str, Tensor]
 ) -> dict[str, Tensor]:
     """Per group, per channel: ``weight_scores`` (per-weight, keyed ``"<layer>.weight"``) summed
-    over each output channel's weights in all of the group's producers."""
+    over each output channel's weights in all of the group's producers, then divided by the
+    group's mean (a group whose scores are all zero stays zero).
+
+    Why the division: a filter's summed score grows with its fan-in (a narrow VGG-11's first
+    conv has 9 weights per filter on grey images, its last ones 1,152) and, for SNIP, with the
+    layer's depth, so raw sums are not comparable across layers; ranked globally they cut whole
+    early (LT) or late (SNIP) layers to ``min_keep`` channels. Divided by its group's mean, a
+    channel's score is its importance *relative to its layer*, which is what torch-pruning
+    ranks in global pruning: its ``GroupMagnitudeImportance`` (p=1 is filter L1, Li et al.,
+    ICLR 2017) and ``GroupTaylorImportance`` (``|w * dw|``, SNIP's connection sensitivity
+    summed per channel) both default to ``normalizer="mean"`` (torch_pruning/pruner/
+    importance.py), and its ``BasePruner(global_pruning=True)`` ranks those normalised scores
+    over all groups together. Ranking within one group (``scope="uniform"``, ThiNet's
+    fallback) is unchanged by the division.
+    """
     scores = {}
     for group, members in layers.items():
         total = None
         for layer in members.producers:
             per_channel = weight_scores[f"{layer}.weight"].detach().float().flatten(1).sum(dim=1)
             total = per_channel if total is None else total + per_channel
-        scores[group] = total.cpu()
+        mean = total.mean()
+        scores[group] = (total / mean if mean > 0 else total).cpu()
     return scores
 
 

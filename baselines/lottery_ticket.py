@@ -5,8 +5,11 @@ Search trains the dense network for the whole schedule without a sparsity penalt
 prunes by weight magnitude at ``prune.ratio`` and rewinds the surviving weights:
 
 - ``prune.lt.granularity: channel`` (default): a channel's score is the L1 norm of its
-  filters (the group's root conv plus any conv coupled to it by a residual addition), ranked
-  as ``prune.scope`` says; the network is slimmed physically.
+  filters (the group's root conv plus any conv coupled to it by a residual addition; Li et
+  al., "Pruning Filters for Efficient ConvNets", ICLR 2017) divided by its group's mean, as
+  torch-pruning normalises group importance (:func:`~ebcompress.baselines._common.channel_scores`
+  says why: raw L1 grows with fan-in, and ranked globally it emptied whole early layers), then
+  ranked as ``prune.scope`` says; the network is slimmed physically.
 - ``unstructured`` (the paper's original): the fraction ``ratio`` of the weights with the
   smallest magnitude, ranked globally over every conv and linear layer except the classifier,
   is masked; the network stays dense-shaped, so its training FLOPs are honestly dense

@@ -10,8 +10,12 @@ network then trains the full schedule from the same initial weights. There is no
 training, so the search records no training cost (a few forward/backward passes, not counted).
 
 - ``prune.snip.granularity: channel`` (default): a channel's sensitivity is the sum over its
-  filters' connections (root conv plus convs coupled by residual additions), ranked globally;
-  the network is slimmed physically.
+  filters' connections (root conv plus convs coupled by residual additions) divided by its
+  group's mean, as torch-pruning's ``GroupTaylorImportance`` (``|w * dw|`` per channel) does
+  by default, then ranked as ``prune.scope`` says (globally by default); the network is
+  slimmed physically. Unnormalised sums are not comparable across layers and, ranked
+  globally, pruned the last convolutions to one channel
+  (:func:`~ebcompress.baselines._common.channel_scores`).
 - ``unstructured`` (the paper's original): the fraction ``ratio`` of least sensitive weights
   over every conv and linear layer except the classifier is masked; the network stays dense
   (training cost: 1 x the dense schedule).

@@ -117,7 +117,7 @@ def test_full_ticket_keeps_every_channel():
     assert ticket.extra == {"granularity": "unstructured", "weight_sparsity": 0.5}
 
 
-def test_channel_scores_sum_each_channel_over_all_producers():
+def test_channel_scores_sum_each_channel_over_all_producers_relative_to_the_group_mean():
     net = build_model("resnet20_cifar", 10, 3)
     layers = group_layers(net, X16)
     magnitudes = {name: w.detach().abs() for name, w in prunable_weights(net).items()}
@@ -127,6 +127,28 @@ def test_channel_scores_sum_each_channel_over_all_producers():
     assert [len(s) for s in scores.values()] == list(graph.widths.values())
     stem = layers["conv1"]
     assert len(stem.producers) == 4 and stem.producers[0] == "conv1"  # residual-coupled
-    expected = sum(magnitudes[f"{p}.weight"].flatten(1).sum(1) for p in stem.producers)
-    assert torch.allclose(scores["conv1"], expected)
+    summed = sum(magnitudes[f"{p}.weight"].flatten(1).sum(1) for p in stem.producers)
+    assert torch.allclose(scores["conv1"], summed / summed.mean())
     assert layers["layer1.0.conv1"].consumers == ("layer1.0.conv2",)
+
+
+def test_channel_scores_are_comparable_across_layers_of_different_fan_in():
+    vgg = build_model("vgg11_cifar", 10, 3, width_mult=0.25)
+    layers = group_layers(vgg, X16)
+    magnitudes = {name: w.detach().abs() for name, w in prunable_weights(vgg).items()}
+    raw_means = [float(magnitudes[f"{g}.weight"].flatten(1).sum(1).mean()) for g in layers]
+    assert max(raw_means) > 10 * min(raw_means)  # fan-in 27 vs 1,152: raw sums differ a lot
+    scores = channel_scores(layers, magnitudes)
+    for name, score in scores.items():
+        assert float(score.mean()) == pytest.approx(1.0, rel=1e-5), name
+        raw = magnitudes[f"{name}.weight"].flatten(1).sum(1)
+        assert torch.equal(score.argsort(stable=True), raw.argsort(stable=True)), name
+
+
+def test_channel_scores_leave_an_all_zero_group_at_zero():
+    net = _net()
+    layers = group_layers(net, torch.randn(1, 3, 6, 6))
+    weights = prunable_weights(net)
+    sensitivity = {name: torch.zeros_like(w) for name, w in weights.items()}
+    scores = channel_scores(layers, sensitivity)
+    assert all(bool((score == 0).all()) for score in scores.values())

@@ -130,6 +130,19 @@ def test_snip_prunes_at_initialisation_without_training(granularity):
         assert isinstance(plan.callbacks[0], WeightMaskCallback)
 
 
+@pytest.mark.parametrize("ratio", [0.5, 0.7])
+@pytest.mark.parametrize("key", ["lt", "snip"])
+def test_channel_tickets_prune_every_layer_instead_of_emptying_some(key, ratio):
+    # Raw filter sums grow with fan-in, so a global ranking of them cut LT's first five VGG
+    # layers (SNIP's last two) to one channel while keeping the rest nearly whole.
+    run = tiny_run(tiny_recipe(prune={"ratio": ratio}))
+    ticket = get_method(key).search(run).ticket
+    assert _removed(ticket) == round(ratio * ticket.num_channels)
+    kept = {name: len(ticket.kept[name]) / width for name, width in ticket.widths.items()}
+    assert min(kept.values()) >= (1 - ratio) / 3, kept
+    assert max(kept.values()) <= 1 - ratio / 3, kept
+
+
 def test_thinet_prunes_each_layer_uniformly_and_rescales_its_consumer():
     run = tiny_run(tiny_recipe())
     method = get_method("thinet")
