@@ -7,7 +7,9 @@ stops it. The dense weights and masks are kept at fixed draw epochs (the paper's
 distance detected emergence. Each ticket is then slimmed with :func:`ebcompress.slim` and
 retrained the same way: inheriting its weights, on the dense schedule restarted from epoch 0
 (You et al., ICLR 2020, Sec. 3.1: "for retraining the tickets, we keep the same setting"),
-``--retrain-epochs`` long (default: the recipe's epochs, milestones scaled).
+``--retrain-epochs`` long (default: the recipe's epochs, milestones scaled). With
+``--set retrain.mode=reinit`` every ticket restarts from the same fresh initialisation
+instead, so only its structure differs (the paper's reference code did this unawares).
 
 Writes ``<results>/<stem>.{json,md,png}``: retrain accuracy against draw epoch per ratio, the
 emergence epoch marked, the dense model's accuracy as a dashed line, and the window's mask
@@ -172,8 +174,10 @@ def retrain_ticket(
     device: str,
 ) -> dict[str, Any]:
     """Slim the dense snapshot to ``ticket`` and retrain it; its accuracy, size and cost."""
+    torch.manual_seed(recipe.seed)  # reinit: every ticket starts from the same initialisation
     model = build_model(recipe.model.name, data.num_classes, data.in_chans, **recipe.model.kwargs)
-    model.load_state_dict(state)
+    if recipe.retrain.mode != "reinit":
+        model.load_state_dict(state)
     model = model.to(device).train()
     example = torch.randn(1, data.in_chans, data.image_size, data.image_size, device=device)
     slim_model = slim(model, ticket, example)

@@ -163,3 +163,24 @@ def test_run_all_reports_missing_and_failing_scripts(
     with pytest.raises(SystemExit, match="unknown benchmark"):
         run_all.main(["--only", "nope"])
     assert "gone.py not found" in capsys.readouterr().out
+
+
+def test_timm_coverage_summary_counts_bn_models_and_names_those_that_barely_shrank():
+    import argparse
+
+    import timm_coverage
+
+    records = [
+        {"model": "a", "has_bn": True, "step": "done", "params_kept": 0.6},
+        {"model": "b", "has_bn": True, "step": "done", "params_kept": 0.99},
+        {"model": "c", "has_bn": True, "step": "slim", "error": "UserError: x"},
+        {"model": "d", "has_bn": False, "step": "done", "params_kept": 0.7},
+        {"model": "e", "step": "dense", "error": "too small"},
+    ]
+    args = argparse.Namespace(filter="*", per_family=1, size=64, budget=60.0)
+    data, md = timm_coverage.summarize(records, args)
+    assert (data["with_bn"], data["with_bn_ok"]) == (3, 2)
+    assert (data["applicable"], data["applicable_ok"]) == (4, 3)
+    assert "| with BatchNorm (target >= 90 %) | 3 | 2 / 3 (66.7 %) |" in md
+    assert "1 of them lose under 5 % because most of their groups stay dense (b)" in md
+    assert "| c | yes | slim | UserError: x |" in md
