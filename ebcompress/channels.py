@@ -121,7 +121,9 @@ class ChannelGraph:
         pruned at ``ratio`` within themselves (their weight-magnitude scores are not
         comparable with BN scales) and ``N`` counts only the ranked groups. ``"uniform"``
         removes ``round(ratio * width)`` from each group. An ``importance`` override (e.g.
-        SNIP or weight-magnitude scores from a baseline) is ranked globally over all groups.
+        SNIP or weight-magnitude scores from a baseline) is ranked globally over all groups
+        as given, so its scores must be comparable across groups (normalise them per group, as
+        :func:`ebcompress.baselines._common.channel_scores` does).
 
         No group is emptied: each keeps at least ``min_keep`` channels (its most important
         ones); the global rule then removes the next-ranked channels elsewhere. ``round_to``

@@ -41,7 +41,7 @@ def all_groups(
             continue
         channels = list(range(pruner.get_out_channels(module)))
         try:
-            with _grouping_budget(2 * len(graph.module2node) + 256):
+            with _grouping_budget(steps=2 * len(graph.module2node) + 256, indices=1 << 18):
                 group = graph.get_pruning_group(module, pruner.prune_out_channels, channels)
         except _MappingExplodes as exc:
             yield module, str(exc)
@@ -64,18 +64,22 @@ class _MappingExplodes(Exception):
     (:class:`BoundedFlatten`) or too many steps (:func:`_grouping_budget`)."""
 
 
-_BUDGET: list[int] = []  # the steps left to the group being formed, while all_groups runs
+_BUDGET: list[dict[str, int]] = []  # what the group being formed may still spend
 _LIBRARY_ADD_DEP = tp.dependency.group.Group.add_dep
 
 
-def _counted_add_dep(self: tp.Group, dep: tp.Dependency, idxs: list) -> None:
+def _spend(kind: str, amount: int) -> None:
     if _BUDGET:
-        _BUDGET[-1] -= 1
-        if _BUDGET[-1] < 0:
+        _BUDGET[-1][kind] -= amount
+        if _BUDGET[-1][kind] < 0:
             raise _MappingExplodes(
-                "torch-pruning's grouping does not settle (its channel index mappings cycle "
-                "through reshapes)"
+                f"torch-pruning's grouping does not settle (its channel index mappings through "
+                f"reshapes ran past the {kind} budget)"
             )
+
+
+def _counted_add_dep(self: tp.Group, dep: tp.Dependency, idxs: list) -> None:
+    _spend("steps", 1)
     _LIBRARY_ADD_DEP(self, dep, idxs)
 
 
@@ -83,11 +87,12 @@ tp.dependency.group.Group.add_dep = _counted_add_dep
 
 
 @contextlib.contextmanager
-def _grouping_budget(steps: int) -> Iterator[None]:
-    """Bound the dependencies one group may collect. torch-pruning adds each (layer, pruning
-    function) once per distinct index set; through some attention reshapes its mappings
-    produce new index sets forever (EfficientViT, iFormer), so the group never closes."""
-    _BUDGET.append(steps)
+def _grouping_budget(*, steps: int, indices: int) -> Iterator[None]:
+    """Bound the dependencies one group may collect and the indices its flatten mappings may
+    produce. torch-pruning adds each (layer, pruning function) once per distinct index set;
+    through some attention reshapes its mappings produce new index sets forever (EfficientViT,
+    iFormer) or keep re-expanding large ones (EfficientViM), so the group never closes."""
+    _BUDGET.append({"steps": steps, "indices": indices})
     try:
         yield
     finally:
@@ -111,7 +116,9 @@ class BoundedFlatten(tp_index_mapping._FlattenIndexMapping):
                 f"torch-pruning's channel index mapping through a reshape grows past "
                 f"{self.LIMIT:,} indices (a token or attention reshape read as a flatten)"
             )
-        return super().__call__(idxs)
+        mapped = super().__call__(idxs)
+        _spend("indices", len(idxs) + len(mapped))  # the work of this call
+        return mapped
 
 
 def dependency_graph() -> tuple[tp.DependencyGraph, IndexMapping]:
