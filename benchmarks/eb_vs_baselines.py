@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -225,12 +226,29 @@ def explain(
             + f"; load average during NS {_loads(walls['ns'])}, during EB {_loads(walls['eb'])}"
         )
     if not verdict["accuracy_met"]:
+        if eb["retrain"].get("mode") == "reinit":
+            start = "both from the same fresh initialisation, so only the tickets differ"
+        else:
+            start = (
+                f"each inheriting its dense weights, EB's after {ticket_epoch} epochs of "
+                f"training, NS's after {ns['search']['epochs']}"
+            )
         reasons.append(
             f"accuracy: EB trails NS by {-verdict['accuracy_points']:.2f} points; its ticket was "
             f"drawn at epoch {ticket_epoch} and retrained {eb['retrain']['epochs']} epochs, NS's "
-            f"after {ns['search']['epochs']} dense epochs and retrained {ns['retrain']['epochs']}"
+            f"after {ns['search']['epochs']} dense epochs and retrained "
+            f"{ns['retrain']['epochs']} ({start}); " + _noise_note(eb["data"].get("test"), eb)
         )
     return reasons
+
+
+def _noise_note(test_images: int | None, eb: dict[str, Any]) -> str:
+    """The sampling noise of a difference of two top-1 scores on ``test_images`` images."""
+    if not test_images:
+        return "the test set size is not recorded"
+    top1 = eb["accuracy"]["test_top1"]
+    sigma = 100 * math.sqrt(2 * top1 * (1 - top1) / test_images)
+    return f"on {test_images} test images such a difference has a standard error of {sigma:.2f}"
 
 
 def _speed_note(report: dict[str, Any]) -> str:
@@ -269,6 +287,14 @@ def markdown(result: dict[str, Any], plot: str | None) -> str:
         f"{result['last_finished']}; the 1-minute load average of this shared host ranged "
         f"{result['load_average_range'][0]:.1f}-{result['load_average_range'][1]:.1f} "
         "(per run in the JSON).",
+        "Runs started: "
+        + ", ".join(
+            f"{w['method']} p={w['ratio']:g} {w['machine']['date'][11:16]}"
+            for w in result["walls"]
+            if w.get("machine")
+        )
+        + " (UTC).",
+        *([f"Note: {result['note']}"] if result.get("note") else []),
         "",
         f"Config: `{model['name']}` {model['kwargs']}, {data['name']} {data['image_size']} px, "
         f"{data['train_subset'] or 'all'} train / {data['test_subset'] or 'all'} test images, "
@@ -337,6 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    parser.add_argument("--note", default="", help="a provenance note printed on the page")
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -381,6 +408,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
         "walls": [{"method": m, "ratio": p, **w} for (m, p), w in walls.items()],
         "targets": assess(rows, runs, recipe.train.epochs),
+        "note": args.note,
     }
     args.results.mkdir(parents=True, exist_ok=True)
     plot = runs / "accuracy_vs_flops.png"
