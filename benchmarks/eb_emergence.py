@@ -262,7 +262,12 @@ def markdown(result: dict[str, Any], png: str) -> str:
         f"{train['lr']:g} (x{train['gamma']:g} at {train['milestones']}), BN-L1 s = "
         f"{config['prune']['sparsity']:g}, epsilon {config['prune']['epsilon']:g}, window "
         f"{config['prune']['window']}. Each ticket retrained {result['retrain_epochs']} epochs "
-        f"(milestones {result['retrain_milestones']}), inheriting its weights.",
+        f"(milestones {result['retrain_milestones']}), "
+        + (
+            "each from the same fresh initialisation (only the ticket differs)."
+            if config["retrain"]["mode"] == "reinit"
+            else "inheriting its weights."
+        ),
         "",
         f"Dense model: {100 * result['dense']['test_top1']:.2f} % top-1.",
         "",
