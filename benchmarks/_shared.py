@@ -11,6 +11,15 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# BUDGET=short for the Fashion-MNIST benchmarks: minutes instead of half an hour
+SHORT_OVERRIDES = (
+    "data.train_subset=2000",
+    "data.test_subset=1000",
+    "train.epochs=10",
+    "train.milestones=[5,8]",
+    "prune.window=3",
+    "prune.max_search_epochs=8",
+)
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -34,12 +34,13 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import RESULTS, machine_line  # noqa: E402
+from _shared import RESULTS, SHORT_OVERRIDES, machine_line  # noqa: E402
 from eb_vs_baselines import budget_stem  # noqa: E402
 
 from ebcompress.bench import machine_info  # noqa: E402
 from ebcompress.data import DataSplit, load_data  # noqa: E402
 from ebcompress.earlybird import EarlyBird  # noqa: E402
+from ebcompress.eb_train import early_bird_for  # noqa: E402
 from ebcompress.engine import EpochStats, Trainer  # noqa: E402
 from ebcompress.errors import UserError  # noqa: E402
 from ebcompress.flops import count_flops, training_flops  # noqa: E402
@@ -55,14 +56,7 @@ RATIOS = (0.3, 0.5, 0.7)
 BUDGETS: dict[str, dict[str, Any]] = {
     "full": {"overrides": (), "retrain_epochs": None},
     "short": {
-        "overrides": (
-            "data.train_subset=2000",
-            "data.test_subset=1000",
-            "train.epochs=10",
-            "train.milestones=[5,8]",
-            "prune.window=3",
-            "prune.max_search_epochs=8",
-        ),
+        "overrides": SHORT_OVERRIDES,
         "retrain_epochs": 5,
     },
 }
@@ -129,19 +123,7 @@ def search(
     model = build_model(recipe.model.name, data.num_classes, data.in_chans, **recipe.model.kwargs)
     model = model.to(device)
     example = torch.randn(1, data.in_chans, data.image_size, data.image_size, device=device)
-    prune = recipe.prune
-    bird = EarlyBird(
-        model,
-        example,
-        ratio=ratios,
-        epsilon=prune.epsilon,
-        window=prune.window,
-        sparsity=prune.sparsity,
-        scope=prune.scope,
-        min_keep=prune.min_keep,
-        round_to=prune.round_to,
-        model_name=recipe.model.name,
-    )
+    bird = early_bird_for(recipe, model, example, ratios)
     recorder = DrawRecorder(bird, model, set(draws))
     trainer = Trainer(
         model,

@@ -37,7 +37,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import RESULTS, machine_line  # noqa: E402
+from _shared import RESULTS, SHORT_OVERRIDES, machine_line  # noqa: E402
 
 from ebcompress.bench import machine_info  # noqa: E402
 from ebcompress.compare import run_compare, run_dir_name  # noqa: E402
@@ -54,15 +54,7 @@ WALL_FILE = "bench_wall.json"
 # Recipe overrides per budget; "full" is the recipe as shipped.
 BUDGETS: dict[str, tuple[str, ...]] = {
     "full": (),
-    "short": (
-        "data.train_subset=2000",
-        "data.test_subset=1000",
-        "train.epochs=10",
-        "train.milestones=[5,8]",
-        "prune.window=3",
-        "prune.max_search_epochs=8",
-        "retrain.epochs=10",
-    ),
+    "short": (*SHORT_OVERRIDES, "retrain.epochs=10"),
 }
 
 

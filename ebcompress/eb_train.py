@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
+from torch import nn
+
 from ebcompress import distributed
 from ebcompress.earlybird import EarlyBird
 from ebcompress.engine import EpochStats
@@ -24,6 +27,26 @@ from ebcompress.method import (
     train_dense,
 )
 from ebcompress.progress import log
+from ebcompress.recipe import Recipe
+
+
+def early_bird_for(
+    recipe: Recipe, model: nn.Module, example_inputs: torch.Tensor, ratios: list[float]
+) -> EarlyBird:
+    """The :class:`EarlyBird` a recipe's ``prune`` section describes, watching ``ratios``."""
+    prune = recipe.prune
+    return EarlyBird(
+        model,
+        example_inputs,
+        ratio=ratios,
+        epsilon=prune.epsilon,
+        window=prune.window,
+        sparsity=prune.sparsity,
+        scope=prune.scope,
+        min_keep=prune.min_keep,
+        round_to=prune.round_to,
+        model_name=recipe.model.name,
+    )
 
 
 class _DistanceLine:
@@ -56,18 +79,8 @@ class EarlyBirdTrain:
     def search(self, run: RunContext) -> SearchOutcome:
         recipe = run.recipe
         prune = recipe.prune
-        bird = EarlyBird(
-            run.model,
-            run.example_inputs,
-            ratio=[prune.ratio, *[r for r in prune.watch_ratios if r != prune.ratio]],
-            epsilon=prune.epsilon,
-            window=prune.window,
-            sparsity=prune.sparsity,
-            scope=prune.scope,
-            min_keep=prune.min_keep,
-            round_to=prune.round_to,
-            model_name=recipe.model.name,
-        )
+        ratios = [prune.ratio, *[r for r in prune.watch_ratios if r != prune.ratio]]
+        bird = early_bird_for(recipe, run.model, run.example_inputs, ratios)
         limit = min(prune.max_search_epochs or recipe.train.epochs, recipe.train.epochs)
         trainer = train_dense(run, [bird, _DistanceLine(bird, prune.epsilon)], end_epoch=limit)
         if run.run_dir is not None and distributed.is_main():
