@@ -36,7 +36,22 @@ class Ticket:
 
     ``kept[name]`` is a sorted tuple of channel indices into the dense group of width
     ``widths[name]``. ``ratio`` is the requested pruning ratio (fraction removed); the
-    achieved one is :attr:`pruned_fraction`, which ``min_keep`` and ``round_to`` can move.
+    achieved one is :attr:`pruned_fraction`, which ``min_keep``, ``max_group_ratio`` and
+    ``round_to`` can move.
+
+    Typed provenance that applying the ticket, or trusting it, depends on:
+
+    ``ignored_layers``
+        names of the modules given as ``ignored_layers`` when the groups were traced (a
+        container stands for all its submodules); :func:`ebcompress.slim.slim`,
+        :func:`ebcompress.slim.masked_equivalent` and :func:`ebcompress.load` replay them.
+    ``capped``
+        group name -> the limit it stopped at (``"max_group_ratio"`` or ``"min_keep"``):
+        the global ranking wanted to remove more of these groups than the limits allow.
+    ``zero_init_reset``
+        BatchNorms whose scales were all zero at initialisation (timm's ``zero_init_last``,
+        torchvision's ``zero_init_residual``) and were reset to 1 before the search, so that
+        the BN-scale ranking did not start with those groups at importance 0.
     """
 
     kept: dict[str, tuple[int, ...]]
@@ -46,11 +61,19 @@ class Ticket:
     importance: str = "bn_gamma"
     model_name: str | None = None
     fingerprint: str = ""
+    ignored_layers: tuple[str, ...] = ()
+    capped: dict[str, str] = field(default_factory=dict)
+    zero_init_reset: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if list(self.kept) != list(self.widths):
             raise ValueError("Ticket.kept and Ticket.widths must name the same groups in order")
+        unknown = sorted(set(self.capped) - set(self.widths))
+        if unknown:
+            raise ValueError(f"Ticket.capped names groups the ticket does not have: {unknown}")
+        object.__setattr__(self, "ignored_layers", tuple(self.ignored_layers))
+        object.__setattr__(self, "zero_init_reset", tuple(self.zero_init_reset))
         for name, idx in self.kept.items():
             width = self.widths[name]
             if not idx:
@@ -118,6 +141,9 @@ class Ticket:
             "fingerprint": self.fingerprint,
             "num_channels": self.num_channels,
             "num_kept": self.num_kept,
+            "ignored_layers": list(self.ignored_layers),
+            "capped": dict(self.capped),
+            "zero_init_reset": list(self.zero_init_reset),
             "extra": self.extra,
             "groups": [
                 {"name": name, "width": self.widths[name], "kept": list(self.kept[name])}
@@ -139,6 +165,10 @@ class Ticket:
                 importance=str(data.get("importance", "bn_gamma")),
                 model_name=data.get("model_name"),
                 fingerprint=str(data.get("fingerprint", "")),
+                # tickets written before these fields existed read as "none"
+                ignored_layers=tuple(str(n) for n in data.get("ignored_layers") or ()),
+                capped={str(k): str(v) for k, v in (data.get("capped") or {}).items()},
+                zero_init_reset=tuple(str(n) for n in data.get("zero_init_reset") or ()),
                 extra=dict(data.get("extra") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
