@@ -6,7 +6,13 @@ The core API fits your own training loop::
     ...                                   # after loss.backward(): bird.regularize()
     if bird.step(): ...                   # at the end of an epoch: True once the ticket emerged
     slim = eb.slim(model, bird.ticket)    # physically slimmed copy, weights inherited
-    eb.export(slim, "model_eb", ticket=bird.ticket, spec=...)   # pickle-free; eb.load(...)
+    eb.export(slim, "model_eb", ticket=bird.ticket)   # pickle-free bundle; eb.load("model_eb")
+
+A batch of one is a valid example input, also for nets whose last map is 1x1 with BatchNorm.
+``ignored_layers`` (modules or names; a container means all its submodules) are recorded in
+the ticket, and ``slim``, ``masked_equivalent`` and ``load`` replay them. ``export`` infers
+the ModelSpec of a timm, torchvision or ``build_model`` model and checks that it rebuilds the
+model; pass ``spec=eb.ModelSpec(...)`` for anything else.
 """
 
 from ebcompress.channels import ChannelGraph, draw_ticket

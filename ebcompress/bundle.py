@@ -236,8 +236,9 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
     """Rebuild a bundled model (a bundle folder or a run directory) in eval mode.
 
     Builds ``spec.arch`` dense, replays ``structure.json`` with :func:`ebcompress.slim.slim`
-    (passing the ticket's ``extra["ignored_layers"]`` names, if any, as the layers kept dense),
-    restores timm's width attributes, then loads ``model.safetensors`` strictly. Never unpickles.
+    (passing the ticket's ``ignored_layers`` names, or for bundles written before that field
+    existed its ``extra["ignored_layers"]``, as the layers kept dense), restores timm's width
+    attributes, then loads ``model.safetensors`` strictly. Never unpickles.
     """
     folder, spec, ticket = read_bundle(path)
     try:
@@ -248,7 +249,8 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
     if ticket is not None:
         try:
             # A ticket drawn with layers kept dense records their names; slim must skip them too.
-            ignored = tuple(ticket.extra.get("ignored_layers") or ())
+            # Older bundles kept them (if at all) in the untyped extra dict.
+            ignored = ticket.ignored_layers or tuple(ticket.extra.get("ignored_layers") or ())
             model = slim(model, ticket, example, graph_ignored_layers=ignored)
         except (UserError, ValueError, KeyError) as exc:
             drawn_for = f" (drawn for {ticket.model_name!r})" if ticket.model_name else ""

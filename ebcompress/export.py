@@ -3,7 +3,8 @@
 Formats:
 
 * ``bundle`` (default) - the pickle-free folder of :mod:`ebcompress.bundle`, reloaded with
-  :func:`ebcompress.bundle.load`;
+  :func:`ebcompress.bundle.load`; its :class:`ModelSpec` is inferred when none is given
+  (:mod:`ebcompress.spec_inference`);
 * ``onnx`` - ``torch.onnx.export`` (the TorchScript-based exporter first, the torch.export-based
   one if that fails), checked with onnxruntime;
 * ``pt2`` - ``torch.export.export`` + ``torch.export.save``, checked with ``torch.export.load``;
@@ -31,6 +32,7 @@ from torch import nn
 
 from ebcompress.bundle import ModelSpec, export_bundle, load
 from ebcompress.errors import UserError
+from ebcompress.spec_inference import infer_spec
 from ebcompress.ticket import Ticket
 from ebcompress.timm_compat import sync_timm_attributes
 
@@ -42,6 +44,7 @@ __all__ = [
     "default_path",
     "export",
     "export_bundle",
+    "infer_spec",
     "load",
     "sync_timm_attributes",
     "verify_outputs",
@@ -213,10 +216,17 @@ def _check_format(format: str) -> None:
 
 
 def _export_bundle(
-    model: nn.Module, folder: Path, *, spec: ModelSpec | None, ticket: Ticket | None, verify: bool
+    model: nn.Module,
+    folder: Path,
+    *,
+    spec: ModelSpec | None,
+    ticket: Ticket | None,
+    example_inputs: torch.Tensor | None,
+    verify: bool,
 ) -> Path:
     if spec is None:
-        raise UserError("export(format='bundle') needs spec=ModelSpec(...) to rebuild the model")
+        # Checked before anything is written: a bundle must rebuild, verify=False or not.
+        spec = infer_spec(model, ticket=ticket, example_inputs=example_inputs)
     export_bundle(model, folder, spec=spec, ticket=ticket)
     if verify:
         batches = _verification_batches(spec.example_inputs(VERIFY_BATCH), dynamic_batch=True)
@@ -239,16 +249,22 @@ def export(
 ) -> Path:
     """Write ``model`` to ``path`` as ``format`` and (by default) verify the written file.
 
-    ``bundle`` needs ``spec`` (and the ``ticket`` the model was slimmed with, if any); the
-    other formats need ``example_inputs`` or a ``spec`` to make a batch of
-    :data:`VERIFY_BATCH`. ``dynamic_batch`` gives ONNX and pt2 files a free batch axis.
+    ``bundle`` takes the ``ticket`` the model was slimmed with (none for a dense model) and
+    the ``spec`` that rebuilds the dense architecture; without ``spec`` it is inferred from a
+    timm, torchvision or :func:`ebcompress.build_model` model and checked to rebuild ``model``
+    (:func:`ebcompress.spec_inference.infer_spec`; a field it cannot infer is a UserError
+    asking for ``spec=ModelSpec(...)``). The other formats need ``example_inputs`` or a
+    ``spec`` to make a batch of :data:`VERIFY_BATCH`. ``dynamic_batch`` gives ONNX and pt2
+    files a free batch axis.
     Non-bundle files are written under a temporary name and only renamed to ``path`` once
     verified, so ``path`` never holds an unverified export. Returns ``path``.
     """
     _check_format(format)
     path = Path(path)
     if format == "bundle":
-        return _export_bundle(model, path, spec=spec, ticket=ticket, verify=verify)
+        return _export_bundle(
+            model, path, spec=spec, ticket=ticket, example_inputs=example_inputs, verify=verify
+        )
     if example_inputs is None:
         if spec is None:
             raise UserError(

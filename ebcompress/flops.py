@@ -107,7 +107,10 @@ def count_flops(
     ``training=True`` (the default) counts the forward pass as it runs during training, which
     is what the training-FLOPs ledger multiplies: fvcore then counts BatchNorm as 5 ops per
     element instead of 2 in eval mode (vgg16_cifar at 3x32x32: 314.6 M vs 313.8 M MACs). The
-    buffers BN updates while traced (running statistics) are restored afterwards.
+    buffers BN updates while traced (running statistics) are restored afterwards. A batch of
+    one sample that BatchNorm in training mode rejects (a 1x1 feature map gives it one value
+    per channel) is counted as that sample twice, divided by 2: the same per-sample MACs, since
+    fvcore's counts grow with the batch size; any other batch is counted as given.
     Tracing runs under ``torch.no_grad()`` and every submodule's train/eval flag is restored
     afterwards, also on error. DDP,
     DataParallel and torch.compile wrappers are unwrapped. fvcore's warnings about unsupported
@@ -125,17 +128,20 @@ def count_flops(
             # jit tracing warns about data-dependent control flow in many timm models; the count
             # is what we want, the trace is thrown away.
             warnings.simplefilter("ignore")
-            # Imported here: importing fvcore.nn scripts a loss with the deprecated
-            # torch.jit.script, which would warn on every import of this module.
-            from fvcore.nn import FlopCountAnalysis
-
-            analysis = (
-                FlopCountAnalysis(module, batch)
-                .unsupported_ops_warnings(False)
-                .uncalled_modules_warnings(False)
-                .tracer_warnings("none")
-            )
-            total = analysis.total()
+            try:
+                total = _traced_total(module, batch)
+            except ValueError as exc:
+                if not (training and batch.shape[0] == 1 and _BN_NEEDS_TWO in str(exc)):
+                    raise
+                # BatchNorm in training mode rejects a batch of one sample when it sees a 1x1
+                # map (one value per channel). fvcore counts every op from its shapes, and the
+                # per-sample work of conv, matmul, BN and pooling scales with the batch size,
+                # so the sample repeated twice, divided by 2 below, is that sample's count.
+                # Only on this failure: the few ops that run once per forward whatever the
+                # batch (NFNet's weight standardisation, relative-position MLPs) would count
+                # half, so a batch of one that runs keeps the count it always had.
+                batch = torch.cat([batch, batch])
+                total = _traced_total(module, batch)
     finally:
         for sub, was_training in modes.items():
             sub.training = was_training
@@ -144,6 +150,25 @@ def count_flops(
                 buf.copy_(buffers[name])
     params = sum(p.numel() for p in module.parameters())
     return FlopCount(macs=round(total / batch.shape[0]), params=int(params))
+
+
+# torch's message when BatchNorm in training mode sees one value per channel.
+_BN_NEEDS_TWO = "Expected more than 1 value per channel when training"
+
+
+def _traced_total(module: nn.Module, batch: torch.Tensor) -> float:
+    """fvcore's total count for one traced forward of ``batch`` (its warnings off)."""
+    # Imported here: importing fvcore.nn scripts a loss with the deprecated
+    # torch.jit.script, which would warn on every import of this module.
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = (
+        FlopCountAnalysis(module, batch)
+        .unsupported_ops_warnings(False)
+        .uncalled_modules_warnings(False)
+        .tracer_warnings("none")
+    )
+    return analysis.total()
 
 
 def training_flops(macs_per_sample: int, samples: int, epochs: int = 1) -> int:

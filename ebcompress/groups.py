@@ -121,16 +121,23 @@ def clone_module(model: nn.Module) -> nn.Module:
 def same_layers(
     original: nn.Module, clone: nn.Module, layers: Sequence[nn.Module | str]
 ) -> list[nn.Module]:
-    """The modules of ``clone`` at the places ``layers`` (modules or names) name in ``original``."""
+    """The modules of ``clone`` at the places ``layers`` (modules or names) name in ``original``.
+
+    A module that is not a submodule of ``original``, or a name neither model has, is a
+    one-line UserError (a module's repr spans many lines, so it is named by its type).
+    """
     names = {module: name for name, module in original.named_modules()}
     clone_modules = dict(clone.named_modules())
     out = []
     for layer in layers:
         name = layer if isinstance(layer, str) else names.get(layer)
-        if name not in clone_modules:
+        if name is None:
             raise UserError(
-                f"ignored layer {layer if name is None else name!r} is not in the model"
+                f"ignored layer {type(layer).__name__} is not a submodule of the model; pass "
+                "the model's own modules (e.g. model.layer1) or their names"
             )
+        if name not in clone_modules:
+            raise UserError(f"ignored layer {name!r} is not in the model")
         out.append(clone_modules[name])
     return out
 
@@ -185,6 +192,9 @@ def trace_channel_groups(
     can say which channels stay, and the rest of the network is still slimmed. Nothing is
     ever pruned in part of a group. ``dense`` (group name -> reason) keeps more groups dense:
     those :func:`ebcompress.probe.find_unslimmable` found torch-pruning to get wrong.
+    ``ignored_layers`` (modules of ``model``) keep their output channels; a container stands
+    for all its submodules, as in torch-pruning's pruners, so ``[model.layer1]`` leaves out
+    every group rooted in ``layer1`` or removing output channels of a layer in it.
     """
     dense = dense or {}
     order = {module: i for i, (_, module) in enumerate(model.named_modules())}

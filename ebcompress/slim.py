@@ -45,8 +45,10 @@ def slim(
 
     The original is untouched. The copy keeps the train/eval flag and ``requires_grad`` of
     every module and parameter, but its pruned parameters are NEW ``nn.Parameter`` objects:
-    build the optimizer after slimming. ``graph_ignored_layers`` must name the layers given as
-    ``ignored_layers`` when the ticket was drawn (modules of ``model``, or their names).
+    build the optimizer after slimming. ``graph_ignored_layers`` are the layers given as
+    ``ignored_layers`` when the ticket was drawn (modules of ``model``, or their names; a
+    container stands for all its submodules); left empty, the ticket's own record
+    (``ticket.ignored_layers``) is replayed, and a recorded name ``model`` lacks is a UserError.
 
     Raises UserError when the ticket was drawn from another structure, and when the slimmed
     copy does not have the ticket's widths or cannot run ``example_inputs`` (naming the
@@ -88,6 +90,7 @@ def masked_equivalent(
     between, so a pruned channel would still carry its shortcut value. With the consumers'
     columns zeroed a pruned channel contributes nothing whatever it carries, so in eval mode
     ``masked_equivalent(x) == slim(x)`` up to float rounding, for every architecture.
+    ``graph_ignored_layers`` is :func:`slim`'s: empty replays ``ticket.ignored_layers``.
     """
     example_inputs = resolve_example_inputs(model, ticket, example_inputs)
     masked = clone_module(model)
@@ -135,8 +138,20 @@ def _matching_groups(
     example_inputs: torch.Tensor,
     ignored: Sequence[LayerRef],
 ) -> tuple[tp.DependencyGraph, list[GroupHandle]]:
-    """Trace ``clone`` and check that the ticket describes its groups, naming any difference."""
+    """Trace ``clone`` and check that the ticket describes its groups, naming any difference.
+
+    No ``ignored`` layers given: those the ticket records are replayed, by name.
+    """
     dense = ticket.extra.get("kept_dense") or {}
+    if not ignored:
+        modules = dict(original.named_modules())
+        missing = [name for name in ticket.ignored_layers if name not in modules]
+        if missing:
+            raise UserError(
+                f"the ticket's ignored layer {missing[0]!r} is not in the model; apply the "
+                "ticket to the architecture it was drawn from"
+            )
+        ignored = ticket.ignored_layers
     ignored_layers = same_layers(original, clone, ignored)
     graph, handles, _ = _trace(clone, example_inputs, ignored_layers, dense=dense)
     widths = {handle.info.name: handle.info.width for handle in handles}

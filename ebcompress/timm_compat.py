@@ -37,15 +37,20 @@ def sync_timm_attributes(model: nn.Module, example_inputs: torch.Tensor) -> nn.M
                         stage_widths[name] = int(output.shape[1])
 
                 hooks.append(modules[name].register_forward_hook(record))
-    was_training = model.training
+    # Every module's own flag is restored, not one flag for all: slim() promises a copy with
+    # the original's (possibly mixed) train/eval flags. Eval mode: BatchNorm in training mode
+    # would reject a batch of one that reaches a 1x1 map.
+    modes = [(module, module.training) for module in model.modules()]
+    device = next((p.device for p in model.parameters()), example_inputs.device)
     model.eval()
     try:
-        features = model.forward_features(example_inputs)
+        features = model.forward_features(example_inputs.to(device))
         pre_logits = model.forward_head(features, pre_logits=True)
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     # CNN features are NCHW (also pre-logits with global_pool=""); token models keep channels last.
     _set_plain_attribute(model, "num_features", features)
     _set_plain_attribute(model, "head_hidden_size", pre_logits)

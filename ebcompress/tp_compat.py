@@ -28,8 +28,15 @@ def all_groups(
     graph: tp.DependencyGraph, ignored_layers: Sequence[nn.Module]
 ) -> Iterator[tuple[nn.Module, tp.Group | str]]:
     """torch-pruning's ``get_all_groups`` (conv/linear roots), one root at a time: a root whose
-    group torch-pruning cannot form yields the reason (a str) instead of ending the trace."""
-    ignored = set(ignored_layers) | set(graph.IGNORED_LAYERS_IN_TRACING)
+    group torch-pruning cannot form yields the reason (a str) instead of ending the trace.
+
+    ``ignored_layers`` keep their output channels: no group rooted in one, or removing output
+    channels of one, is yielded. A container stands for all its submodules, as in
+    torch-pruning's pruners (``get_all_groups`` itself only compares the modules given, so an
+    ignored ``model.layer1`` would match none of its convolutions and be pruned anyway).
+    """
+    ignored = {sub for layer in ignored_layers for sub in layer.modules()}
+    ignored |= set(graph.IGNORED_LAYERS_IN_TRACING)
     visited: set[nn.Module] = set()
     for module in list(graph.module2node):
         if module in ignored or module in visited:

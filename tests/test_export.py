@@ -8,8 +8,10 @@ import sys
 import numpy as np
 import onnxruntime as ort
 import pytest
+import timm
 import torch
-from export_fakes import slim_case
+import torchvision
+from export_fakes import CIFAR_MEAN, CIFAR_STD, randomize_batchnorm, slim_case
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -21,8 +23,12 @@ from ebcompress.bundle import (
     export_bundle,
     load,
 )
+from ebcompress.channels import ChannelGraph, draw_ticket
 from ebcompress.errors import UserError
-from ebcompress.export import ExportError, export, verify_outputs
+from ebcompress.export import ExportError, export, infer_spec, verify_outputs
+from ebcompress.slim import slim
+from ebcompress.spec_inference import IMAGENET_MEAN, IMAGENET_STD
+from ebcompress.ticket import Ticket
 from ebcompress.timm_compat import sync_timm_attributes
 
 
@@ -151,9 +157,10 @@ def test_unreadable_weights_are_rejected(bundle):
         load(bundle)
 
 
-def test_bundle_needs_a_spec_and_a_known_format(tmp_path, resnet_case):
-    with pytest.raises(UserError, match="needs spec"):
+def test_a_slim_bundle_needs_its_ticket_and_a_known_format(tmp_path, resnet_case):
+    with pytest.raises(UserError, match=r"other widths .*a slim model needs its ticket="):
         export(resnet_case.slim, tmp_path / "b")
+    assert not (tmp_path / "b").exists()  # checked before anything is written
     with pytest.raises(UserError, match="'tflite' is not one of"):
         export(resnet_case.slim, tmp_path / "m", format="tflite", spec=resnet_case.spec)
 
@@ -165,6 +172,130 @@ def test_model_spec_validates_its_fields():
         ModelSpec("timm:test_resnet", {}, 10, 1, (3, 32, 32), (0.5,), (0.5,))
     with pytest.raises(UserError, match="'mean' is missing"):
         ModelSpec.from_dict({"arch": "x", "num_classes": 1, "in_chans": 3, "input_size": [3, 8, 8]})
+
+
+# --------------------------------------------------------------------------- ignored layers
+TEST_RESNET_SPEC = ModelSpec("timm:test_resnet", {}, 10, 3, (3, 32, 32), CIFAR_MEAN, CIFAR_STD)
+
+
+def _ignoring(layer: str) -> tuple[nn.Module, nn.Module, Ticket]:
+    """test_resnet with ``layer`` (a conv or a whole stage) kept dense: dense, slim, ticket."""
+    torch.manual_seed(0)
+    dense = randomize_batchnorm(TEST_RESNET_SPEC.build_dense())
+    ignored = [dense.get_submodule(layer)]
+    ticket = ChannelGraph(dense, batch(1), ignored_layers=ignored).draw(0.3)
+    return dense, slim(dense, ticket).eval(), ticket
+
+
+@pytest.mark.parametrize("layer", ["layer1.0.conv1", "layer1"])
+def test_ignored_layers_survive_the_bundle_round_trip(tmp_path, layer):
+    dense, slimmed, ticket = _ignoring(layer)
+    assert ticket.ignored_layers == (layer,)
+    assert not any(name == layer or name.startswith(layer + ".") for name in ticket.widths)
+    folder = export(slimmed, tmp_path / "b", spec=TEST_RESNET_SPEC, ticket=ticket)
+    assert json.loads((folder / STRUCTURE_FILE).read_text())["ignored_layers"] == [layer]
+    loaded = load(folder)
+    assert widths(loaded) == widths(slimmed)
+
+    def out_widths(model: nn.Module) -> dict[str, int]:  # an ignored layer keeps its outputs
+        state = model.get_submodule(layer).state_dict()
+        return {k: v.shape[0] for k, v in state.items() if k.endswith("weight")}
+
+    assert out_widths(loaded) == out_widths(dense)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch()), slimmed(batch()))
+
+
+def test_bundles_that_kept_ignored_layers_in_extra_still_load(tmp_path):
+    _, slimmed, ticket = _ignoring("layer1.0.conv1")
+    folder = export_bundle(slimmed, tmp_path / "b", spec=TEST_RESNET_SPEC, ticket=ticket)
+    structure = json.loads((folder / STRUCTURE_FILE).read_text())
+    del structure["ignored_layers"]  # the layout before the typed field
+    structure["extra"]["ignored_layers"] = ["layer1.0.conv1"]
+    (folder / STRUCTURE_FILE).write_text(json.dumps(structure))
+    with torch.no_grad():
+        assert torch.equal(load(folder)(batch()), slimmed(batch()))
+    del structure["extra"]["ignored_layers"]
+    (folder / STRUCTURE_FILE).write_text(json.dumps(structure))
+    with pytest.raises(UserError, match="'layer1.0.conv1' is missing from the ticket"):
+        load(folder)
+
+
+# --------------------------------------------------------------------------- inferred spec
+def _slim_without_spec(dense: nn.Module, x: torch.Tensor) -> tuple[nn.Module, Ticket]:
+    randomize_batchnorm(dense.eval())
+    ticket = draw_ticket(dense, 0.3, example_inputs=x)
+    return slim(dense, ticket).eval(), ticket
+
+
+def _config(folder) -> dict:
+    return json.loads((folder / CONFIG_FILE).read_text())
+
+
+def test_export_infers_the_spec_of_a_timm_model(tmp_path):
+    torch.manual_seed(0)
+    dense = timm.create_model("test_resnet", num_classes=7)  # not via build_model: its cfg
+    slimmed, ticket = _slim_without_spec(dense, batch(1))
+    folder = export(slimmed, tmp_path / "b", ticket=ticket)
+    config = _config(folder)
+    assert (config["arch"], config["build_kwargs"], config["num_classes"]) == (
+        "timm:test_resnet",
+        {},
+        7,
+    )
+    assert config["input_size"] == [3, 32, 32]  # as drawn, not the cfg's 160 px
+    assert config["mean"] == config["std"] == [0.5, 0.5, 0.5]  # test_resnet's cfg
+    loaded = load(folder)
+    assert widths(loaded) == widths(slimmed) != widths(dense)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch()), slimmed(batch()))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_export_infers_the_spec_of_a_torchvision_model(tmp_path, name):
+    torch.manual_seed(0)
+    dense = getattr(torchvision.models, name)(num_classes=5)  # resnet18: one of 10 ResNets
+    slimmed, ticket = _slim_without_spec(dense, batch(1))
+    folder = export(slimmed, tmp_path / "b", ticket=ticket)
+    config = _config(folder)
+    assert (config["arch"], config["num_classes"], config["in_chans"]) == (f"tv:{name}", 5, 3)
+    assert config["input_size"] == [3, 32, 32]
+    assert config["mean"] == list(IMAGENET_MEAN) and config["std"] == list(IMAGENET_STD)
+    with torch.no_grad():
+        assert torch.equal(load(folder)(batch()), slimmed(batch()))
+
+
+def test_export_infers_the_build_kwargs_build_model_recorded(tmp_path, vgg_case):
+    folder = export(vgg_case.slim, tmp_path / "b", ticket=vgg_case.ticket)
+    config = _config(folder)
+    expected = vgg_case.spec.to_dict()
+    for key in ("arch", "build_kwargs", "num_classes", "in_chans", "input_size"):
+        assert config[key] == expected[key], key
+    with torch.no_grad():
+        assert torch.equal(load(folder)(batch()), vgg_case.slim(batch()))
+
+
+def test_a_dense_timm_model_exports_without_spec_or_ticket(tmp_path):
+    dense = randomize_batchnorm(timm.create_model("test_resnet", num_classes=3)).eval()
+    folder = export(dense, tmp_path / "b", example_inputs=batch(1, seed=3)[:, :, :24, :24])
+    assert _config(folder)["input_size"] == [3, 24, 24] and not _config(folder)["slim"]
+    with torch.no_grad():
+        assert torch.equal(load(folder)(batch()), dense(batch()))
+
+
+def test_spec_inference_names_the_field_it_cannot_infer(tmp_path):
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(UserError, match=r"ModelSpec\.arch: a Sequential was not built by"):
+        infer_spec(plain)
+    tv = torchvision.models.resnet18(num_classes=3)
+    with pytest.raises(UserError, match=r"ModelSpec\.input_size: neither example_inputs"):
+        infer_spec(tv)
+    # a constructor argument the model does not record: the rebuild computes something else
+    max_pool = timm.create_model("test_resnet", num_classes=3, global_pool="max").eval()
+    at_64_px = torch.randn(1, 3, 64, 64)  # a 2x2 final map: max and mean pooling differ
+    with pytest.raises(UserError, match=r"computes other outputs.*pass spec=ModelSpec\(\.\.\.\)$"):
+        export(max_pool, tmp_path / "b", example_inputs=at_64_px)
+    assert not (tmp_path / "b").exists()
 
 
 # --------------------------------------------------------------------------- other formats

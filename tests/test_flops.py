@@ -191,3 +191,60 @@ def test_vgg16_cifar_counts_314_6_m_macs_in_training_mode_without_touching_bn_st
     assert round(count_flops(model, (3, 32, 32), training=False).macs / 1e6, 1) == 313.8
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training
+
+
+def one_by_one_bn_net() -> nn.Module:
+    """Ends in BatchNorm on a 1x1 map at 3x4x4: one value per channel for a batch of one."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 4, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+
+
+# 3x4x4: conv 8x4x4x27, BN 5 ops x 8x4x4 (training mode), conv 16x(8x16), BN 5 x 16, fc 16x10.
+ONE_BY_ONE_TRAIN_MACS = 8 * 16 * 27 + 5 * 8 * 16 + 16 * 8 * 16 + 5 * 16 + 16 * 10
+ONE_BY_ONE_EVAL_MACS = ONE_BY_ONE_TRAIN_MACS - 3 * (8 * 16 + 16)  # BN: 2 ops per element
+
+
+@pytest.mark.parametrize("model_training", [True, False])
+def test_batch_of_one_with_a_1x1_batchnorm_map_is_counted_per_sample(model_training):
+    model = one_by_one_bn_net().train(model_training)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(1, 3, 4, 4)
+    assert count_flops(model, x).macs == ONE_BY_ONE_TRAIN_MACS
+    assert count_flops(model, (3, 4, 4)).macs == ONE_BY_ONE_TRAIN_MACS
+    assert count_flops(model, torch.cat([x, x])).macs == ONE_BY_ONE_TRAIN_MACS
+    assert count_flops(model, x, training=False).macs == ONE_BY_ONE_EVAL_MACS
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(m.training == model_training for m in model.modules())
+
+
+class BatchIndependentWork(nn.Module):
+    """A linear layer on a parameter table, run once per forward whatever the batch (as
+    relative-position MLPs do): 5 x 6 x 4 = 120 MACs besides the 1x1 conv's 4 x 4 x 3 = 48."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1, bias=False)
+        self.table = nn.Parameter(torch.randn(5, 6))
+        self.proj = nn.Linear(6, 4, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.proj(self.table).mean(0).view(1, 4, 1, 1)
+
+
+def test_a_batch_of_one_that_runs_is_not_doubled():
+    # Doubling every batch of one would halve the batch-independent 120 MACs (48 + 60).
+    assert count_flops(BatchIndependentWork(), torch.randn(1, 3, 2, 2)).macs == 48 + 120
+
+
+def test_other_training_mode_failures_are_not_retried():
+    model = nn.Sequential(nn.Conv2d(3, 4, 4), nn.InstanceNorm2d(4, affine=True))  # 1x1 map
+    with pytest.raises(ValueError, match="spatial element"):
+        count_flops(model, torch.randn(1, 3, 4, 4))

@@ -1,15 +1,20 @@
 import dataclasses
+import json
 
 import pytest
+import timm
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ebcompress.channels import ChannelGraph, draw_ticket
+from ebcompress.earlybird import EarlyBird
 from ebcompress.errors import UserError
+from ebcompress.flops import count_flops
 from ebcompress.groups import out_width
 from ebcompress.models import build_model
 from ebcompress.slim import group_widths, masked_equivalent, slim
+from ebcompress.ticket import Ticket
 
 SLOW = pytest.mark.slow
 TOLERANCE = 1e-5
@@ -114,6 +119,17 @@ def test_slim_preserves_modes_and_requires_grad(training):
     assert slimmed.layer1[0].conv1.weight.requires_grad
 
 
+def test_slim_keeps_mixed_modes_of_a_timm_style_model():
+    model, x = _model("resnet20_cifar", width_mult=0.5)
+    model.train()
+    model.fc.eval()  # e.g. a frozen head; sync_timm_attributes used to reset it to training
+    slimmed = slim(model, ChannelGraph(model, x).draw(0.3), x)
+    assert {n: m.training for n, m in slimmed.named_modules()} == {
+        n: m.training for n, m in model.named_modules()
+    }
+    assert not slimmed.fc.training and slimmed.layer1.training
+
+
 def test_fingerprint_mismatch_is_a_user_error_naming_the_group():
     wide, x = _model("resnet20_cifar", width_mult=0.5)
     narrow, _ = _model("resnet20_cifar", width_mult=0.25)
@@ -165,17 +181,107 @@ def test_grouped_convolution_slims_exactly():
     assert slimmed[3].groups == 4 and slimmed[3].in_channels == 4
 
 
-def test_ignored_layers_stay_dense_and_must_be_given_to_slim():
+def test_ignored_layers_stay_dense_and_the_ticket_replays_them():
     model, x = _model("resnet20_cifar", width_mult=0.5)
     ignored = [model.layer1[0].conv1]
     ticket = ChannelGraph(model, x, ignored_layers=ignored).draw(0.5)
     assert "layer1.0.conv1" not in ticket.widths
-    slimmed = slim(model, ticket, x, graph_ignored_layers=ignored)
-    assert slimmed.layer1[0].conv1.out_channels == model.layer1[0].conv1.out_channels
-    by_name = slim(model, ticket, x, graph_ignored_layers=["layer1.0.conv1"])
-    assert by_name.layer1[0].conv1.out_channels == model.layer1[0].conv1.out_channels
+    assert ticket.ignored_layers == ("layer1.0.conv1",)
+    assert Ticket.from_dict(json.loads(json.dumps(ticket.to_dict()))) == ticket
+    dense_width = model.layer1[0].conv1.out_channels
+    for given in (ignored, ["layer1.0.conv1"], ()):  # modules, names, or the ticket's record
+        slimmed = slim(model, ticket, x, graph_ignored_layers=given)
+        assert slimmed.layer1[0].conv1.out_channels == dense_width
+    masked = masked_equivalent(model, ticket, x)
+    with torch.no_grad():
+        assert (masked(x) - slimmed(x)).abs().max().item() < TOLERANCE
+    unrecorded = dataclasses.replace(ticket, ignored_layers=())
     with pytest.raises(UserError, match="'layer1.0.conv1' is missing from the ticket"):
-        slim(model, ticket, x)
+        slim(model, unrecorded, x)
+    foreign = dataclasses.replace(ticket, ignored_layers=("blocks.0.conv",))
+    with pytest.raises(UserError, match="the ticket's ignored layer 'blocks.0.conv' is not in"):
+        slim(model, foreign, x)
+    with pytest.raises(UserError, match="the ticket's ignored layer 'blocks.0.conv' is not in"):
+        masked_equivalent(model, foreign, x)
+
+
+def test_an_ignored_container_keeps_all_its_layers_dense():
+    model = timm.create_model("test_resnet", num_classes=10).eval()
+    randomize_batchnorms(model)
+    x = torch.randn(1, 3, 32, 32)
+    free = ChannelGraph(model, x).draw(0.5)
+    assert any(name.startswith("layer1.") for name in free.widths)  # layer1 is prunable
+    ticket = ChannelGraph(model, x, ignored_layers=[model.layer1]).draw(0.5)
+    assert ticket.ignored_layers == ("layer1",)
+    assert not any(name.startswith("layer1.") for name in ticket.widths)
+    # the stem's last conv feeds layer1's residual additions: that group goes too
+    assert "conv1.6" in free.widths and "conv1.6" not in ticket.widths
+    assert ChannelGraph(model, x, ignored_layers=["layer1"]).widths == ticket.widths
+    slimmed = _assert_exact(model, ticket, x)
+    dense_shapes = {k: v.shape for k, v in model.layer1.state_dict().items()}
+    assert {k: v.shape for k, v in slimmed.layer1.state_dict().items()} == dense_shapes
+    assert slimmed.layer2[0].conv1.out_channels < model.layer2[0].conv1.out_channels
+
+
+def test_an_ignored_layer_outside_the_model_is_a_one_line_user_error():
+    model, x = _model("resnet20_cifar", width_mult=0.5)
+    with pytest.raises(UserError, match=r"^ignored layer Conv2d is not a submodule") as info:
+        ChannelGraph(model, x, ignored_layers=[nn.Conv2d(3, 3, 1)])
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="ignored layer 'layer9' is not in the model"):
+        ChannelGraph(model, x, ignored_layers=["layer9"])
+
+
+class OneByOneBN(nn.Module):
+    """Its last feature map is 1x1 with BatchNorm: BN in training mode cannot take a batch
+    of one there (one value per channel)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 4, stride=4, bias=False)  # 4x4 -> 1x1
+        self.bn2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        return self.fc(torch.relu(self.bn2(self.conv2(x))).flatten(1))
+
+
+def _check_batch_of_one(model: nn.Module, x: torch.Tensor, training: bool) -> None:
+    """The whole API on one sample: graph, EarlyBird, slim (with and without the input),
+    masked_equivalent and count_flops; the model's modes and BN statistics untouched."""
+    model.train(training)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ticket = ChannelGraph(model, x).draw(0.5)
+    bird = EarlyBird(model, example_inputs=x, ratio=0.5)
+    assert not bird.step() and bird.graph.widths == ticket.widths
+    slimmed = slim(model, ticket, x)
+    assert group_widths(slim(model, ticket), x) == ticket.kept_counts()
+    masked = masked_equivalent(model, ticket, x)
+    dense_cost, slim_cost = count_flops(model, x), count_flops(slimmed, x)
+    assert 0 < slim_cost.macs < dense_cost.macs
+    assert dense_cost == count_flops(model, tuple(x.shape[1:]))
+    assert count_flops(masked, x) == dense_cost
+    assert all(m.training == training for m in (*model.modules(), *slimmed.modules()))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_batch_of_one_on_a_1x1_batchnorm_map(training):
+    model = OneByOneBN()
+    randomize_batchnorms(model)
+    _check_batch_of_one(model, torch.randn(1, 3, 4, 4), training)
+
+
+@SLOW
+@pytest.mark.parametrize("training", [True, False])
+def test_a_batch_of_one_on_hardcorenas_at_32_px(training):
+    torch.manual_seed(0)
+    model = timm.create_model("hardcorenas_a", num_classes=10)  # stride 32: its last map is 1x1
+    randomize_batchnorms(model)
+    _check_batch_of_one(model, torch.randn(1, 3, 32, 32), training)
 
 
 def test_masked_equivalent_keeps_shapes_and_zeroes_pruned_slices():

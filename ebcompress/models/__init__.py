@@ -43,7 +43,9 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -
     module order is replaced by one with the same hyperparameters and ``in_chans`` inputs,
     its weights drawn with the replaced weights' standard deviation (what most torchvision
     inits give a fan-out conv, whose scale does not depend on the input channels).
-    ``kwargs`` go to the model constructor.
+    ``kwargs`` go to the model constructor. The model records ``name`` and ``kwargs`` in its
+    ``_ebcompress_build`` attribute, which :func:`ebcompress.export` reads to rebuild it when
+    no ``spec=`` is given (deep copies and slimmed copies keep it).
     """
     source, _, model_name = name.rpartition(":")
     for forbidden in ("pretrained", "weights"):
@@ -53,12 +55,18 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -
             )
     try:
         if source in ("", "timm"):
-            return _build_timm(model_name, num_classes, in_chans, kwargs)
-        if source == "tv":
-            return _build_torchvision(model_name, num_classes, in_chans, kwargs)
+            model = _build_timm(model_name, num_classes, in_chans, kwargs)
+        elif source == "tv":
+            model = _build_torchvision(model_name, num_classes, in_chans, kwargs)
+        else:
+            model = None
     except TypeError as error:
         # An unknown constructor argument is the user's (a recipe's) mistake, not a bug here.
         raise UserError(f"model {name!r} rejected its arguments: {error}") from error
+    if model is not None:
+        # Plain data (not a buffer): how to build this architecture again, for a bundle's spec.
+        model._ebcompress_build = {"arch": name, "build_kwargs": dict(kwargs)}
+        return model
     raise UserError(
         f"model {name!r}: unknown source {source!r}; use 'timm:NAME', 'tv:NAME' or a bare timm name"
     )
