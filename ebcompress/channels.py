@@ -13,6 +13,7 @@ prunable channels *globally* and removing the smallest fraction ``ratio`` (the p
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,11 +22,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ebcompress.errors import UserError
-from ebcompress.groups import ChannelGroup, GroupHandle, trace_channel_groups
+from ebcompress.groups import ChannelGroup, GroupHandle, same_layers, trace_channel_groups
 from ebcompress.probe import find_unslimmable
 from ebcompress.ticket import Ticket, structure_fingerprint
 
 SCOPES = ("global", "uniform")
+#: Keep at least 10 % of every group unless asked otherwise (torch-pruning's max_pruning_ratio).
+DEFAULT_MAX_GROUP_RATIO = 0.9
 
 
 class ChannelGraph:
@@ -46,12 +49,23 @@ class ChannelGraph:
         model: nn.Module,
         example_inputs: torch.Tensor,
         *,
-        ignored_layers: Sequence[nn.Module] = (),
+        ignored_layers: Sequence[nn.Module | str] = (),
         probe: bool = True,
     ) -> None:
-        dense = find_unslimmable(model, example_inputs, ignored_layers) if probe else {}
+        """Trace (and probe) ``model`` on ``example_inputs``; any batch size, 1 included.
+
+        ``ignored_layers`` (modules of ``model`` or their names) keep their output channels;
+        a container such as ``model.layer1`` stands for all its submodules, as in
+        torch-pruning. Their names are kept in :attr:`ignored_layer_names` and recorded in
+        every ticket drawn (``Ticket.ignored_layers``), so :func:`ebcompress.slim.slim` and
+        :func:`ebcompress.load` replay them. A layer that is not in ``model`` is a UserError.
+        """
+        layers = same_layers(model, model, ignored_layers)  # names -> modules; unknown: error
+        names = {module: name for name, module in model.named_modules()}
+        self.ignored_layer_names: tuple[str, ...] = tuple(names[m] for m in layers)
+        dense = find_unslimmable(model, example_inputs, layers) if probe else {}
         _, self._handles, self.kept_dense = trace_channel_groups(
-            model, example_inputs, ignored_layers, dense=dense
+            model, example_inputs, layers, dense=dense
         )
         self.input_shape = tuple(int(d) for d in example_inputs.shape[1:])
         if not self._handles:
@@ -108,10 +122,12 @@ class ChannelGraph:
         *,
         scope: str = "global",
         min_keep: int = 1,
+        max_group_ratio: float = DEFAULT_MAX_GROUP_RATIO,
         round_to: int | None = None,
         epoch: int | None = None,
         importance: dict[str, torch.Tensor] | None = None,
         model_name: str | None = None,
+        warn: bool = True,
     ) -> Ticket:
         """Draw a ticket removing the fraction ``ratio`` of the prunable channels.
 
@@ -125,13 +141,19 @@ class ChannelGraph:
         as given, so its scores must be comparable across groups (normalise them per group, as
         :func:`ebcompress.baselines._common.channel_scores` does).
 
-        No group is emptied: each keeps at least ``min_keep`` channels (its most important
-        ones); the global rule then removes the next-ranked channels elsewhere. ``round_to``
-        rounds each group's kept count UP to a multiple (capped at the width). A group feeding
-        a grouped convolution keeps the same positions in each slice, so its count is rounded
-        to a multiple of the slice count; only then can the total differ from ``round(ratio*N)``.
+        No group is emptied: each keeps at least ``min_keep`` channels and at least the
+        fraction ``1 - max_group_ratio`` of its width (its most important ones); the global
+        rule then removes the next-ranked channels elsewhere. The cap is torch-pruning's
+        ``max_pruning_ratio``: without it one group whose scales all start small (a residual
+        stream whose last BNs were zero-initialised, say) can lose all but one channel and take
+        the network's accuracy with it. ``max_group_ratio=1.0`` is the paper's uncapped rule.
+        Groups that end at either limit are listed in ``Ticket.capped`` and, with ``warn``, in
+        a :class:`CappedGroupsWarning`. ``round_to`` rounds each group's kept count UP to a
+        multiple (capped at the width). A group feeding a grouped convolution keeps the same
+        positions in each slice, so its count is rounded to a multiple of the slice count; only
+        then can the total differ from ``round(ratio*N)`` (besides the limits).
         """
-        _check_draw_args(ratio, scope, min_keep, round_to)
+        _check_draw_args(ratio, scope, min_keep, round_to, max_group_ratio)
         scores = self._scores(importance)
         ranked = np.array(
             [
@@ -140,22 +162,30 @@ class ChannelGraph:
             ]
         )
         removed = np.zeros(scores.size, dtype=bool)
+        floors = np.array([_floor(h, min_keep, max_group_ratio) for h in self._handles])
+        # channels each group would lose without the floors, to tell a binding limit apart
+        # from a group that merely ends where its floor happens to be
+        wanted = np.round(ratio * self._widths).astype(np.int64)
         if ranked.any():
-            floors = np.array([_floor(h, min_keep) for h in self._handles])
             pool = np.flatnonzero(np.repeat(ranked, self._widths))
-            removed[pool] = _global_removal(
+            removed[pool], wanted[ranked] = _global_removal(
                 scores[pool], self._widths[ranked], floors[ranked], ratio
             )
-        kept = {}
-        for handle, start, in_pool in zip(self._handles, self._starts, ranked, strict=True):
+        kept, capped = {}, {}
+        for handle, start, in_pool, floor, want in zip(
+            self._handles, self._starts, ranked, floors.tolist(), wanted.tolist(), strict=True
+        ):
             name, width = handle.info.name, handle.info.width
             segment = slice(start, start + width)
             if in_pool and handle.unit == 1 and round_to is None:
                 kept[name] = tuple(np.flatnonzero(~removed[segment]).tolist())
-                continue
-            n_removed = int(removed[segment].sum()) if in_pool else round(ratio * width)
-            kept[name] = _choose(handle, scores[segment], width - n_removed, min_keep, round_to)
-        return Ticket(
+            else:
+                n_removed = int(removed[segment].sum()) if in_pool else round(ratio * width)
+                kept[name] = _choose(handle, scores[segment], width - n_removed, floor, round_to)
+            if len(kept[name]) == floor and want > width - floor:
+                at_min_keep = floor == _floor(handle, min_keep, 1.0)
+                capped[name] = "min_keep" if at_min_keep else "max_group_ratio"
+        ticket = Ticket(
             kept=kept,
             widths=self.widths,
             ratio=float(ratio),
@@ -163,14 +193,20 @@ class ChannelGraph:
             importance="bn_gamma" if importance is None else "custom",
             model_name=model_name,
             fingerprint=self.fingerprint,
+            ignored_layers=self.ignored_layer_names,
+            capped=capped,
             extra={
                 "scope": scope,
                 "min_keep": min_keep,
+                "max_group_ratio": max_group_ratio,
                 "round_to": round_to,
                 "input_shape": list(self.input_shape),  # lets slim() trace without an input
                 "kept_dense": dict(self.kept_dense),
             },
         )
+        if warn:
+            warn_capped(ticket)
+        return ticket
 
     def _scores(self, importance: dict[str, torch.Tensor] | None) -> np.ndarray:
         """All channels' importance as one float64 array, slice-averaged where a group
@@ -212,14 +248,56 @@ def draw_ticket(
     example_inputs: torch.Tensor,
     scope: str = "global",
     min_keep: int = 1,
+    max_group_ratio: float = DEFAULT_MAX_GROUP_RATIO,
     round_to: int | None = None,
+    ignored_layers: Sequence[nn.Module | str] = (),
 ) -> Ticket:
-    """One-shot :meth:`ChannelGraph.draw` on ``model`` (traces the model once)."""
-    graph = ChannelGraph(model, example_inputs)
-    return graph.draw(ratio, scope=scope, min_keep=min_keep, round_to=round_to)
+    """One-shot :meth:`ChannelGraph.draw` on ``model`` (traces the model once).
+
+    ``ignored_layers`` are :class:`ChannelGraph`'s: kept dense and recorded in the ticket.
+    """
+    graph = ChannelGraph(model, example_inputs, ignored_layers=ignored_layers)
+    return graph.draw(
+        ratio, scope=scope, min_keep=min_keep, max_group_ratio=max_group_ratio, round_to=round_to
+    )
 
 
-def _check_draw_args(ratio: float, scope: str, min_keep: int, round_to: int | None) -> None:
+class CappedGroupsWarning(UserWarning):
+    """A ticket has groups the global ranking wanted to shrink below ``max_group_ratio`` or
+    ``min_keep``: the requested ratio was met by pruning other groups harder."""
+
+
+def capped_summary(ticket: Ticket, limit: int = 4) -> str:
+    """One line naming the ticket's capped groups (at most ``limit``, then a count)."""
+    counts = ticket.kept_counts()
+    shown = [
+        f"{name} ({counts[name]}/{ticket.widths[name]}, {why})"
+        for name, why in list(ticket.capped.items())[:limit]
+    ]
+    more = len(ticket.capped) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def warn_capped(ticket: Ticket) -> None:
+    """Emit a :class:`CappedGroupsWarning` when ``ticket`` has groups at their limit."""
+    if ticket.capped:
+        warnings.warn(
+            f"ticket at p={ticket.ratio:g}: {len(ticket.capped)} channel group(s) stopped at "
+            f"their limit: {capped_summary(ticket)}; the ranking wanted to prune them further "
+            "(raise prune.max_group_ratio to allow it, 1.0 = the paper's uncapped rule)",
+            CappedGroupsWarning,
+            stacklevel=3,
+        )
+
+
+def _check_draw_args(
+    ratio: float, scope: str, min_keep: int, round_to: int | None, max_group_ratio: float = 1.0
+) -> None:
+    if not 0.0 < max_group_ratio <= 1.0:
+        raise UserError(
+            f"max_group_ratio={max_group_ratio} must be in (0, 1] (the largest fraction of one "
+            "group that may be removed; 1.0 = no cap)"
+        )
     if not 0.0 <= ratio < 1.0:
         raise UserError(
             f"pruning ratio {ratio} must be in [0, 1) (the fraction of channels removed)"
@@ -277,15 +355,20 @@ def _weight_importance(handle: GroupHandle) -> torch.Tensor:
     return l1 / mean if mean > 0 else l1
 
 
-def _floor(handle: GroupHandle, min_keep: int) -> int:
-    """The fewest channels a group may keep: ``min_keep``, in whole slices."""
-    return handle.unit * math.ceil(min_keep / handle.unit)
+def _floor(handle: GroupHandle, min_keep: int, max_group_ratio: float) -> int:
+    """The fewest channels a group may keep: ``min_keep`` and ``(1 - max_group_ratio)`` of
+    its width, in whole slices, never more than the width."""
+    width = handle.info.width
+    # the epsilon keeps e.g. (1 - 0.9) * 10 = 1.0000000000000002 from rounding up to 2
+    share = math.ceil((1.0 - max_group_ratio) * width - 1e-9)
+    return min(width, handle.unit * math.ceil(max(min_keep, share) / handle.unit))
 
 
 def _global_removal(
     values: np.ndarray, widths: np.ndarray, floors: np.ndarray, ratio: float
-) -> np.ndarray:
-    """Which of the concatenated channels of groups ``widths`` the global ranking removes.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which of the concatenated channels of groups ``widths`` the global ranking removes,
+    and how many of each group's channels it would remove without the floors.
 
     The ``round(ratio * N)`` channels first in ascending (importance, index) order, skipping
     those a group needs to keep ``floors`` channels.
@@ -300,18 +383,20 @@ def _global_removal(
     rank_in_group[by_owner] = np.arange(values.size) - starts[owner_sorted[by_owner]]
     caps = widths - np.minimum(widths, floors)
     eligible = np.flatnonzero(rank_in_group < caps[owner_sorted])
+    count = round(ratio * values.size)
     removed = np.zeros(values.size, dtype=bool)
-    removed[order[eligible[: round(ratio * values.size)]]] = True
-    return removed
+    removed[order[eligible[:count]]] = True
+    return removed, np.bincount(owner_sorted[:count], minlength=widths.size)
 
 
 def _choose(
-    handle: GroupHandle, score: np.ndarray, n_keep: int, min_keep: int, round_to: int | None
+    handle: GroupHandle, score: np.ndarray, n_keep: int, floor: int, round_to: int | None
 ) -> tuple[int, ...]:
-    """The ``n_keep`` most important channels of a group, after min_keep/round_to/slices."""
+    """The ``n_keep`` most important channels of a group, at least ``floor`` (a multiple of
+    the slice count), after round_to and slices."""
     unit, width = handle.unit, handle.info.width
     size = width // unit
-    keep = max(round(n_keep / unit), _floor(handle, min_keep) // unit)
+    keep = max(round(n_keep / unit), floor // unit)
     if round_to is not None:
         step = round_to // math.gcd(round_to, unit)
         keep = math.ceil(keep / step) * step

@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -6,10 +7,10 @@ import timm
 import torch
 from torch import nn
 
-from ebcompress.channels import ChannelGraph, draw_ticket
+from ebcompress.channels import CappedGroupsWarning, ChannelGraph, capped_summary, draw_ticket
 from ebcompress.errors import UserError
 from ebcompress.slim import slim
-from ebcompress.ticket import structure_fingerprint
+from ebcompress.ticket import Ticket, structure_fingerprint
 
 X = torch.randn(2, 3, 8, 8)
 
@@ -91,6 +92,57 @@ def test_no_group_is_emptied_and_min_keep_holds():
     assert ticket.kept_counts() == {"conv1": 3, "conv2": 3}
 
 
+def _sunk_group_model() -> TwoConv:
+    """conv1's 20 scales all tiny (as zero-initialised BNs stay), conv2's 20 large."""
+    model = TwoConv(width1=20, width2=20)
+    _set_gammas(model, [0.001 * (i + 1) for i in range(20)], [1.0 + 0.01 * i for i in range(20)])
+    return model
+
+
+def test_the_default_cap_keeps_a_tenth_of_every_group_and_names_it():
+    graph = ChannelGraph(_sunk_group_model(), X)
+    with pytest.warns(CappedGroupsWarning, match=r"conv1 \(2/20, max_group_ratio\)"):
+        ticket = graph.draw(0.5)  # 20 of 40 removed; conv1 may lose only 18
+    assert ticket.kept == {"conv1": (18, 19), "conv2": tuple(range(2, 20))}
+    assert ticket.capped == {"conv1": "max_group_ratio"}
+    assert ticket.num_kept == 20
+
+
+def test_max_group_ratio_one_is_the_papers_uncapped_global_threshold():
+    model = _sunk_group_model()
+    graph = ChannelGraph(model, X)
+    with pytest.warns(CappedGroupsWarning, match="min_keep"):
+        ticket = graph.draw(0.5, max_group_ratio=1.0)
+    # the reference code's rule: keep every |gamma| above the 20th smallest of all 40 scales;
+    # only the no-empty-group floor (min_keep=1) moves one removal from conv1 to conv2
+    gammas = torch.cat([model.bn1.weight, model.bn2.weight]).abs().detach()
+    threshold = gammas.sort().values[20 - 1]
+    assert (gammas > threshold).sum() == 20
+    assert ticket.kept_counts() == {"conv1": 1, "conv2": 19}
+    assert ticket.capped == {"conv1": "min_keep"}
+
+
+def test_a_loose_cap_changes_nothing_and_warns_nothing():
+    model = TwoConv()
+    _set_gammas(model, [0.9, 0.1, 0.5, -0.3], [0.2, -0.8, 0.05, 0.7, 0.6, 0.4])
+    graph = ChannelGraph(model, X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ticket = graph.draw(0.4, max_group_ratio=0.5)
+    assert ticket.kept == graph.draw(0.4, max_group_ratio=1.0).kept
+    assert ticket.capped == {}
+
+
+def test_capped_groups_survive_the_ticket_file_and_warn_can_be_silenced(tmp_path):
+    graph = ChannelGraph(_sunk_group_model(), X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ticket = graph.draw(0.5, max_group_ratio=0.5, warn=False)
+    assert ticket.kept_counts()["conv1"] == 10 and ticket.capped == {"conv1": "max_group_ratio"}
+    assert Ticket.load(ticket.save(tmp_path / "t.json")) == ticket
+    assert "conv1 (10/20, max_group_ratio)" in capped_summary(ticket)
+
+
 def test_min_keep_moves_the_removals_to_other_groups():
     model = TwoConv()
     _set_gammas(model, [0.01, 0.02, 0.03, 0.04], [0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
@@ -170,6 +222,7 @@ def test_draw_is_deterministic_across_calls_and_copies():
     assert ticket.extra == {
         "scope": "global",
         "min_keep": 1,
+        "max_group_ratio": 0.9,
         "round_to": None,
         "input_shape": [3, 32, 32],
         "kept_dense": {},
@@ -263,6 +316,8 @@ def test_bare_parameter_scaling_channels_keeps_its_group_dense():
         ({"ratio": 0.3, "scope": "local"}, "scope"),
         ({"ratio": 0.3, "min_keep": 0}, "min_keep"),
         ({"ratio": 0.3, "round_to": 0}, "round_to"),
+        ({"ratio": 0.3, "max_group_ratio": 0.0}, "max_group_ratio"),
+        ({"ratio": 0.3, "max_group_ratio": 1.5}, "max_group_ratio"),
     ],
 )
 def test_bad_draw_arguments_are_user_errors(options, match):
