@@ -64,6 +64,30 @@ def test_prune_refuses_a_missing_data_folder(capsys, tmp_path) -> None:
     assert code == 2 and str(missing) in err and len(err.strip().splitlines()) == 1
 
 
+def test_prune_stops_on_a_corrupt_image_with_one_line(capsys, tmp_path) -> None:
+    from data_fakes import write_fake_imagefolder
+
+    root = write_fake_imagefolder(tmp_path / "images", classes=("a", "b"), per_class=(3, 1))
+    bad = root / "train" / "b" / "1.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n cut off")
+    code, out, err = run_cli(
+        capsys,
+        "prune",
+        "--recipe",
+        "quickstart",
+        "--set",
+        "data.name=imagefolder",
+        "--data",
+        str(root),
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "data.skip_bad_images: true" in lines[0]
+    assert "Traceback" not in err + out
+
+
 def test_recipes_lists_the_shipped_recipes(capsys) -> None:
     code, out, _ = run_cli(capsys, "recipes")
     assert code == 0
