@@ -93,7 +93,12 @@ def channel_graph(run: RunContext) -> ChannelGraph:
 def draw_options(recipe: Recipe) -> dict[str, Any]:
     """The recipe's options for :meth:`ChannelGraph.draw` that every method honours."""
     prune = recipe.prune
-    return {"min_keep": prune.min_keep, "round_to": prune.round_to, "model_name": recipe.model.name}
+    return {
+        "min_keep": prune.min_keep,
+        "max_group_ratio": prune.max_group_ratio,
+        "round_to": prune.round_to,
+        "model_name": recipe.model.name,
+    }
 
 
 class AfterBackward:

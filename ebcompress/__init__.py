@@ -16,10 +16,11 @@ model; pass ``spec=eb.ModelSpec(...)`` for anything else.
 """
 
 from ebcompress.channels import ChannelGraph, draw_ticket
-from ebcompress.earlybird import EarlyBird, MaskHistory
+from ebcompress.earlybird import EarlyBird
 from ebcompress.errors import UserError
 from ebcompress.export import ModelSpec, export, load
 from ebcompress.flops import FlopCount, TrainingLedger, count_flops
+from ebcompress.mask_history import MaskHistory
 from ebcompress.models import build_model
 from ebcompress.recipe import Recipe, load_recipe
 from ebcompress.slim import masked_equivalent, slim

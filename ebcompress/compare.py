@@ -90,6 +90,8 @@ def _row(method: str, ratio: float, run_name: str, report: dict[str, Any]) -> di
         "search_epochs": report["search"]["epochs"],
         "ticket_epoch": report["ticket"]["epoch"],
         "emerged": report["ticket"]["emerged"],
+        "health": (report.get("health") or {}).get("status", "unknown"),
+        "health_flags": " | ".join((report.get("health") or {}).get("flags", [])),
     }
 
 
@@ -108,6 +110,7 @@ def improvement(rows: list[dict[str, Any]], reference: str = "eb") -> dict[float
             "accuracy_points": (ours["test_top1"] - best["test_top1"]) * 100,
             "flops_ratio": best["total_flops"] / max(ours["total_flops"], 1),
             "time_ratio": best["seconds"] / max(ours["seconds"], 1e-9),
+            "health": ours.get("health", "unknown"),
         }
     return out
 
@@ -146,7 +149,7 @@ def render_table(
     head = ["method"]
     head += [f"top-1 p={p:g}" for p in ratios]
     head += [f"train FLOPs p={p:g}" for p in ratios]
-    head += ["wall time (s)"]
+    head += ["wall time (s)", "health"]
     lines = [
         f"# Compare: {recipe_name}",
         "",
@@ -157,15 +160,33 @@ def render_table(
         accs = [_pct(cell.get((m, p), {}).get("test_top1")) for p in ratios]
         flops = [_sci(cell.get((m, p), {}).get("total_flops")) for p in ratios]
         secs = sum(cell[(m, p)]["seconds"] for p in ratios if (m, p) in cell)
-        lines.append("| " + " | ".join([m, *accs, *flops, f"{secs:.0f}"]) + " |")
+        health = ", ".join(
+            f"p={p:g}: {cell[(m, p)]['health']}"
+            for p in ratios
+            if (m, p) in cell and cell[(m, p)]["health"] != "ok"
+        )
+        lines.append("| " + " | ".join([m, *accs, *flops, f"{secs:.0f}", health or "ok"]) + " |")
     if gains:
         acc = [_signed(gains[p]["accuracy_points"]) if p in gains else "" for p in ratios]
-        fl = [f"{gains[p]['flops_ratio']:.2f}x fewer" if p in gains else "" for p in ratios]
-        lines.append("| improvement (eb vs best other) | " + " | ".join([*acc, *fl, ""]) + " |")
+        fl = [_saving(gains[p]) if p in gains else "" for p in ratios]
+        lines.append("| improvement (eb vs best other) | " + " | ".join([*acc, *fl, "", ""]) + " |")
         lines += ["", "Strongest competitor per ratio (most accurate non-EB method): "]
         lines[-1] += ", ".join(f"p={p:g}: {g['competitor']}" for p, g in gains.items())
+    flagged = [r for r in rows if r["health"] not in ("ok", "unknown")]
+    if flagged:
+        lines += ["", "Health flags (a failed run's FLOPs are no saving):", ""]
+        lines += [
+            f"- {r['method']} p={r['ratio']:g} ({r['health']}): {r['health_flags']}"
+            for r in flagged
+        ]
     lines += ["", f"![accuracy vs training FLOPs]({plot})"]
     return "\n".join(lines) + "\n"
+
+
+def _saving(gain: dict[str, Any]) -> str:
+    if gain.get("health") == "failed":
+        return "no saving (eb failed its health check)"
+    return f"{gain['flops_ratio']:.2f}x fewer"
 
 
 def _pct(value: float | None) -> str:

@@ -10,6 +10,11 @@ from __future__ import annotations
 import torch
 
 from ebcompress import distributed
+from ebcompress.errors import UserError
+
+
+class DivergenceError(UserError):
+    """The training loss became NaN/inf; the run directory keeps the last good checkpoint."""
 
 
 class NonFiniteWatch:

@@ -9,17 +9,20 @@ after ``backward()``, ``step()`` once per epoch) and the engine's callback proto
 Under data parallelism every rank runs the detector on its replica: each step checks that all
 ranks drew the same masks (a hash all-reduce; a difference is an error), and rank 0 alone
 decides emergence and broadcasts it, so every rank stops at the same epoch with the same ticket.
+
+Two guards a user's own model needs and the paper's calibrated setups did not: BatchNorms
+whose scales were zero-initialised are reset to 1 first (:mod:`ebcompress.zero_init`), and no
+ticket emerges before the network has measurably learned (:mod:`ebcompress.learning`) — a
+network stuck at chance has stable masks too.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,205 +30,16 @@ import torch
 from torch import Tensor, nn
 
 from ebcompress import distributed
-from ebcompress.channels import ChannelGraph
+from ebcompress.channels import DEFAULT_MAX_GROUP_RATIO, ChannelGraph, warn_capped
 from ebcompress.errors import UserError
+from ebcompress.groups import modes_preserved
+from ebcompress.learning import DEFAULT_MARGIN, LearningCheck
+from ebcompress.mask_history import MaskHistory
 from ebcompress.sparsity import BNL1Regularizer
 from ebcompress.ticket import Ticket
+from ebcompress.zero_init import reset_zero_init_bn
 
-HISTORY_FORMAT = 1
 STATE_FORMAT = 1
-
-
-class MaskHistory:
-    """One keep-mask per recorded epoch per pruning ratio, stored bit-packed.
-
-    ``np.packbits`` stores a mask in one bit per channel, so ResNet-50's ~26k prunable channels
-    cost ~3.3 kB per epoch and ratio. ``window`` is the length of the Early-Bird FIFO; all
-    masks (across ratios) must have the same number of channels. Distances are normalised
-    Hamming distances (:func:`ebcompress.ticket.mask_distance`), computed exactly.
-    """
-
-    def __init__(self, window: int = 5) -> None:
-        if window < 2:
-            raise UserError(f"Early-Bird window {window!r} must be >= 2 (the paper uses 5)")
-        self.window = int(window)
-        self.num_channels: int | None = None
-        self._epochs: dict[float, list[int]] = {}
-        self._packed: dict[float, list[np.ndarray]] = {}
-
-    # ------------------------------------------------------------------ recording
-    def append(self, ratio: float, epoch: int, mask: np.ndarray) -> None:
-        """Record ``mask`` (True = kept) as ratio ``ratio``'s mask at ``epoch``."""
-        mask = np.asarray(mask, dtype=bool).ravel()
-        if self.num_channels is None:
-            self.num_channels = mask.size
-        elif mask.size != self.num_channels:
-            raise ValueError(f"mask has {mask.size} channels, the history {self.num_channels}")
-        epochs = self._epochs.setdefault(float(ratio), [])
-        if epochs and epoch <= epochs[-1]:
-            raise UserError(
-                f"epoch {epoch} for ratio {ratio} is not after the last recorded epoch "
-                f"{epochs[-1]}; record one mask per epoch with increasing epochs"
-            )
-        epochs.append(int(epoch))
-        self._packed.setdefault(float(ratio), []).append(np.packbits(mask))
-
-    # ------------------------------------------------------------------ views
-    @property
-    def ratios(self) -> list[float]:
-        return list(self._epochs)
-
-    def epochs(self, ratio: float) -> list[int]:
-        return list(self._epochs.get(float(ratio), []))
-
-    def mask(self, ratio: float, epoch: int) -> np.ndarray:
-        """The boolean keep-mask recorded for ``ratio`` at ``epoch``."""
-        epochs = self._epochs.get(float(ratio), [])
-        if epoch not in epochs:
-            raise KeyError(f"no mask recorded for ratio {ratio} at epoch {epoch}")
-        packed = self._packed[float(ratio)][epochs.index(epoch)]
-        return np.unpackbits(packed, count=self.num_channels).astype(bool)
-
-    def packed(self, ratio: float) -> np.ndarray:
-        """All masks of ``ratio`` as one ``(epochs, ceil(channels / 8))`` uint8 array."""
-        rows = self._packed.get(float(ratio), [])
-        if not rows:
-            return np.zeros((0, 0), dtype=np.uint8)
-        return np.stack(rows)
-
-    def distance_matrix(self, ratio: float) -> np.ndarray:
-        """Pairwise normalised Hamming distances between all recorded masks of ``ratio``.
-
-        XOR and popcount on the packed masks, 64 channels per machine word: exact integer
-        counts (so exactly symmetric with a zero diagonal), ~10 ms for 90 epochs of ResNet-50.
-        """
-        words = _as_words(self.packed(ratio))
-        if words.shape[0] == 0:
-            return np.zeros((0, 0))
-        counts = np.stack(
-            [np.bitwise_count(words ^ row).sum(axis=1, dtype=np.int64) for row in words]
-        )
-        return counts / self.num_channels
-
-    def window_max_distances(self, ratio: float) -> list[float | None]:
-        """Per recorded epoch, the Early-Bird statistic: the largest distance between that
-        epoch's mask and each of the ``window - 1`` masks before it; ``None`` until the FIFO
-        holds ``window`` masks."""
-        distances = self.distance_matrix(ratio)
-        span = self.window - 1
-        return [
-            None if t < span else float(distances[t, t - span : t].max())
-            for t in range(distances.shape[0])
-        ]
-
-    def latest_window_max(self, ratio: float) -> float | None:
-        """:meth:`window_max_distances` for the newest mask only: ``window - 1`` XORs of
-        packed words, cheap enough to run every epoch."""
-        rows = self._packed.get(float(ratio), [])
-        if len(rows) < self.window:
-            return None
-        words = _as_words(np.stack(rows[-self.window :]))
-        differing = np.bitwise_count(words[:-1] ^ words[-1]).sum(axis=1, dtype=np.int64)
-        return float(differing.max()) / self.num_channels
-
-    # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> dict[str, Any]:
-        """Tensors, lists, numbers and None only: survives ``torch.load(weights_only=True)``."""
-        return {
-            "format": HISTORY_FORMAT,
-            "window": self.window,
-            "num_channels": self.num_channels,
-            "ratios": [
-                {
-                    "ratio": ratio,
-                    "epochs": torch.tensor(self._epochs[ratio], dtype=torch.int64),
-                    "packed": torch.from_numpy(self.packed(ratio)),
-                }
-                for ratio in self.ratios
-            ],
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any], where: str = "Early-Bird state") -> MaskHistory:
-        try:
-            if state["format"] != HISTORY_FORMAT:
-                raise UserError(f"{where}: unsupported mask history format {state['format']!r}")
-            history = cls(int(state["window"]))
-            num_channels = state["num_channels"]
-            for entry in state["ratios"]:
-                packed = _tensor_to_numpy(entry["packed"])
-                epochs = [int(e) for e in _tensor_to_numpy(entry["epochs"])]
-                history._restore(float(entry["ratio"]), epochs, packed, num_channels, where)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UserError(f"{where}: not a valid mask history ({exc})") from None
-        return history
-
-    def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write ``masks_p<ratio>.npy`` (bit-packed, one row per epoch) and
-        ``distances_p<ratio>.npy`` (the distance matrix) per ratio, plus ``history.json``
-        (epochs, channel count, window) last, each atomically, into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        index = []
-        for ratio in self.ratios:
-            masks, distances = f"masks_p{ratio!r}.npy", f"distances_p{ratio!r}.npy"
-            _save_npy_atomic(folder / masks, self.packed(ratio))
-            _save_npy_atomic(folder / distances, self.distance_matrix(ratio).astype(np.float32))
-            index.append(
-                {
-                    "ratio": ratio,
-                    "epochs": self._epochs[ratio],
-                    "masks": masks,
-                    "distances": distances,
-                }
-            )
-        meta = {
-            "format": HISTORY_FORMAT,
-            "window": self.window,
-            "num_channels": self.num_channels,
-            "ratios": index,
-        }
-        tmp = folder / "history.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, folder / "history.json")
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike[str]) -> MaskHistory:
-        """Read a folder written by :meth:`save` (no pickle: ``allow_pickle=False``)."""
-        folder = Path(folder)
-        index_path = folder / "history.json"
-        where = f"mask history {str(folder)!r}"
-        if not index_path.is_file():
-            raise UserError(f"{where}: no history.json; point at the run's masks/ folder")
-        try:
-            meta = json.loads(index_path.read_text(encoding="utf-8"))
-            if meta.get("format") != HISTORY_FORMAT:
-                raise UserError(f"{where}: unsupported format {meta.get('format')!r}")
-            history = cls(int(meta["window"]))
-            for entry in meta["ratios"]:
-                packed = np.load(folder / Path(entry["masks"]).name, allow_pickle=False)
-                epochs = [int(e) for e in entry["epochs"]]
-                history._restore(float(entry["ratio"]), epochs, packed, meta["num_channels"], where)
-        except (OSError, KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{where}: unreadable ({exc}); re-run the search") from None
-        return history
-
-    def _restore(
-        self, ratio: float, epochs: list[int], packed: np.ndarray, num_channels: int, where: str
-    ) -> None:
-        num_channels = int(num_channels)
-        expected = (len(epochs), (num_channels + 7) // 8)
-        if packed.dtype != np.uint8 or packed.shape != expected:
-            raise UserError(
-                f"{where}: ratio {ratio} masks are {packed.dtype} {packed.shape}, expected "
-                f"uint8 {expected}"
-            )
-        if epochs != sorted(set(epochs)):
-            raise UserError(f"{where}: ratio {ratio} epochs are not strictly increasing")
-        self.num_channels = num_channels
-        self._epochs[ratio] = epochs
-        self._packed[ratio] = list(packed.copy())
 
 
 class EarlyBird:
@@ -244,6 +58,26 @@ class EarlyBird:
 
     :meth:`regularize` applies the BN-L1 subgradient (``sparsity``, Sec. 4) to the BNs of the
     prunable groups: call it after ``loss.backward()`` and before ``optimizer.step()``.
+
+    Guards for a model and data the paper did not calibrate:
+
+    - ``reset_zero_init``: BatchNorms of the prunable groups whose scales are all zero
+      (timm's default ``zero_init_last``) are set to 1 at construction, with a warning, and
+      named in every ticket's ``zero_init_reset`` (:mod:`ebcompress.zero_init` says why).
+    - Learning: pass the epoch's training metrics to :meth:`step` (``train_top1`` and/or
+      ``train_loss``). No ticket emerges until they show the network has learned
+      (:class:`ebcompress.learning.LearningCheck`: top-1 at least ``chance + learning_margin *
+      (1 - chance)``, or the loss ``(1 - learning_margin)`` below ``ln(num_classes)``), and
+      only masks drawn from that epoch on fill the window. ``num_classes`` defaults to the
+      width of the model's output on ``example_inputs``; ``chance`` to ``1 / num_classes``.
+      Without metrics the check is skipped, and the emerged ticket warns that it was.
+    - ``min_search_epochs``: no emergence before this epoch.
+    ``ignored_layers`` (modules or names; a container means all its submodules) stay dense,
+    as in torch-pruning; the tickets record them so :func:`ebcompress.slim.slim` replays them.
+
+    - ``max_group_ratio``: no group loses more than this fraction of its channels (default
+      0.9; 1.0 is the paper's uncapped rule); groups at the limit are named in the ticket's
+      ``capped`` and in a warning when it emerges.
     """
 
     def __init__(
@@ -257,9 +91,16 @@ class EarlyBird:
         sparsity: float = 1e-4,
         scope: str = "global",
         min_keep: int = 1,
+        max_group_ratio: float = DEFAULT_MAX_GROUP_RATIO,
         round_to: int | None = None,
         graph: ChannelGraph | None = None,
+        ignored_layers: Sequence[nn.Module | str] = (),
         model_name: str | None = None,
+        min_search_epochs: int = 0,
+        num_classes: int | None = None,
+        chance: float | None = None,
+        learning_margin: float = DEFAULT_MARGIN,
+        reset_zero_init: bool = True,
     ) -> None:
         self.ratios = _check_ratios(ratio)
         if not 0 < epsilon <= 1:
@@ -271,17 +112,42 @@ class EarlyBird:
             raise UserError(f"pruning scope {scope!r} must be 'global' or 'uniform'")
         if min_keep < 1 or (round_to is not None and round_to < 1):
             raise UserError(f"min_keep={min_keep} and round_to={round_to} must be >= 1 (or null)")
+        if not 0 < max_group_ratio <= 1:
+            raise UserError(f"max_group_ratio={max_group_ratio} must be in (0, 1] (1.0 = no cap)")
+        if min_search_epochs < 0:
+            raise UserError(f"min_search_epochs={min_search_epochs} must be >= 0")
+        self.min_search_epochs = int(min_search_epochs)
         self.epsilon = float(epsilon)
         self.history = MaskHistory(window)
         # Where the rank-agreement collectives run (NCCL needs the model's CUDA device).
         self._device = next(model.parameters(), example_inputs).device
-        self.graph = ChannelGraph(model, example_inputs) if graph is None else graph
+        if graph is None:
+            graph = ChannelGraph(model, example_inputs, ignored_layers=ignored_layers)
+        self.graph = graph
         self.regularizer = BNL1Regularizer(self.graph.bn_modules(), sparsity)
+        self.zero_init_reset: tuple[str, ...] = ()
+        if reset_zero_init:
+            self.zero_init_reset = reset_zero_init_bn(model, self.graph.bn_modules())
+        if self.zero_init_reset:
+            warnings.warn(
+                f"EarlyBird: {len(self.zero_init_reset)} BatchNorm(s) started with all scales 0 "
+                f"(zero-init, e.g. {self.zero_init_reset[0]!r}); their scales were set to 1 so "
+                "the BN-scale ranking does not prune those groups first (reset_zero_init=False "
+                "keeps them)",
+                stacklevel=2,
+            )
+        if chance is None and num_classes is None:
+            num_classes = _output_width(model, example_inputs)
+        self.learning = LearningCheck(
+            chance=chance, num_classes=num_classes, margin=learning_margin
+        )
         self._draw_options: dict[str, Any] = {
             "scope": scope,
             "min_keep": min_keep,
+            "max_group_ratio": max_group_ratio,
             "round_to": round_to,
             "model_name": model_name,
+            "warn": False,  # every epoch draws; only the emerged ticket warns
         }
         self.tickets: dict[float, Ticket] = {}
         self.emerged_epoch: dict[float, int | None] = dict.fromkeys(self.ratios)
@@ -301,10 +167,25 @@ class EarlyBird:
         """BN-L1 subgradient: call after ``loss.backward()``, before ``optimizer.step()``."""
         self.regularizer()
 
-    def step(self, epoch: int | None = None) -> bool:
+    @property
+    def learned(self) -> bool:
+        """Whether the training metrics given to :meth:`step` show the network has learned."""
+        return self.learning.learned
+
+    def step(
+        self,
+        epoch: int | None = None,
+        *,
+        train_top1: float | None = None,
+        train_loss: float | None = None,
+    ) -> bool:
         """Draw and record this epoch's mask at every watched ratio; True once the primary
         ratio's ticket has emerged (and on every later call). Epochs must increase; ``epoch``
-        defaults to the last recorded one plus 1, so calls alone count 1, 2, 3, ..."""
+        defaults to the last recorded one plus 1, so calls alone count 1, 2, 3, ...
+
+        ``train_top1`` (a fraction) and ``train_loss`` are this epoch's training metrics: with
+        either, no ticket emerges before they show that the network learned (class docstring).
+        """
         last = self.history.epochs(self.ratios[0])
         epoch = (last[-1] + 1 if last else 1) if epoch is None else int(epoch)
         if last and epoch <= last[-1]:
@@ -312,6 +193,7 @@ class EarlyBird:
                 f"EarlyBird.step(epoch={epoch}) after epoch {last[-1]}; pass increasing epochs "
                 "or none (to count calls), and load_state_dict() before resuming"
             )
+        self.learning.update(epoch, train_top1=train_top1, train_loss=train_loss)
         drawn = {r: self.graph.draw(r, epoch=epoch, **self._draw_options) for r in self.ratios}
         masks = {ratio: ticket.mask() for ratio, ticket in drawn.items()}
         _check_ranks_agree(masks, epoch, self._device)
@@ -327,13 +209,46 @@ class EarlyBird:
         for ratio in self.ratios:
             distance = self.history.latest_window_max(ratio)
             waiting = self.emerged_epoch[ratio] is None
-            if waiting and distance is not None and distance < self.epsilon:
+            allowed = epoch >= self.min_search_epochs and self._window_after_learning(ratio)
+            if waiting and allowed and distance is not None and distance < self.epsilon:
                 emerging[ratio] = distance
         for ratio, distance in distributed.broadcast_object(emerging).items():
             ticket = self._latest[ratio]
-            provenance = {"epsilon": self.epsilon, "window": self.window, "window_max": distance}
-            self.tickets[ratio] = replace(ticket, extra={**ticket.extra, "earlybird": provenance})
+            provenance = {
+                "epsilon": self.epsilon,
+                "window": self.window,
+                "window_max": distance,
+                "learning_checked": self.learning.checked,
+                "learned_epoch": self.learning.learned_epoch,
+            }
+            self.tickets[ratio] = replace(
+                ticket,
+                zero_init_reset=self.zero_init_reset,
+                extra={**ticket.extra, "earlybird": provenance},
+            )
             self.emerged_epoch[ratio] = epoch
+            if ratio == self.ratios[0]:
+                self._warn_on_emergence(self.tickets[ratio])
+
+    def _window_after_learning(self, ratio: float) -> bool:
+        """Whether every mask in the ratio's window was drawn once the network had learned
+        (always, when no training metrics were given: then nothing can be checked)."""
+        if not self.learning.checked:
+            return True
+        if not self.learning.learned:
+            return False
+        epochs = self.history.epochs(ratio)
+        return len(epochs) >= self.window and epochs[-self.window] >= self.learning.learned_epoch
+
+    def _warn_on_emergence(self, ticket: Ticket) -> None:
+        warn_capped(ticket)
+        if not self.learning.checked:
+            warnings.warn(
+                f"EarlyBird: the ticket emerged at epoch {ticket.epoch} without a check that "
+                "the network learned; pass step(train_top1=..., train_loss=...) so a network "
+                "stuck at chance cannot produce a ticket",
+                stacklevel=4,
+            )
 
     def window_distance(self, ratio: float | None = None) -> float | None:
         """The newest mask's largest distance to the older masks in the FIFO (None until
@@ -347,7 +262,7 @@ class EarlyBird:
             raise UserError(
                 "EarlyBird.latest_ticket(): no mask drawn yet; call step() after an epoch"
             )
-        return self._latest[ratio]
+        return replace(self._latest[ratio], zero_init_reset=self.zero_init_reset)
 
     def _watched(self, ratio: float | None) -> float:
         if ratio is None:
@@ -362,7 +277,12 @@ class EarlyBird:
         self.regularize()
 
     def end_of_epoch(self, epoch: int, stats: Any) -> bool:
-        return self.step(epoch)
+        # the engine's EpochStats; anything without the fields skips the learning check
+        return self.step(
+            epoch,
+            train_top1=getattr(stats, "train_top1", None),
+            train_loss=getattr(stats, "train_loss", None),
+        )
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
@@ -377,6 +297,7 @@ class EarlyBird:
                 {"ratio": r, "epoch": self.emerged_epoch[r], "ticket": t.to_dict()}
                 for r, t in self.tickets.items()
             ],
+            "learning": self.learning.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -410,6 +331,8 @@ class EarlyBird:
             raise UserError(f"{where}: not a valid Early-Bird state ({exc})") from None
         self.history, self._latest, self.tickets = history, latest, tickets
         self.emerged_epoch = {r: emerged.get(r) for r in self.ratios}
+        # states saved before the learning check existed carry none: nothing was checked
+        self.learning.load_state_dict(state.get("learning") or {})
 
 
 def _check_ratios(ratio: float | Sequence[float]) -> tuple[float, ...]:
@@ -422,6 +345,19 @@ def _check_ratios(ratio: float | Sequence[float]) -> tuple[float, ...]:
     if len(set(ratios)) != len(ratios):
         raise UserError(f"EarlyBird ratio {list(ratios)} lists a ratio twice")
     return tuple(float(r) for r in ratios)
+
+
+def _output_width(model: nn.Module, example_inputs: Tensor) -> int | None:
+    """The class count a classifier's output shows on ``example_inputs`` (eval mode, no
+    grad, every module's mode restored), or None when the output is not ``(batch, classes)``."""
+    with modes_preserved(model), torch.no_grad():
+        model.eval()
+        param = next(model.parameters(), None)
+        inputs = example_inputs[:1] if param is None else example_inputs[:1].to(param.device)
+        output = model(inputs)
+    if isinstance(output, Tensor) and output.ndim == 2 and output.shape[1] > 1:
+        return int(output.shape[1])
+    return None
 
 
 def mask_digest(mask: np.ndarray) -> int:
@@ -446,20 +382,3 @@ def _check_ranks_agree(masks: dict[float, np.ndarray], epoch: int, device: torch
             f"{', '.join(f'{r:g}' for r in differing)}; every rank must train the same replica "
             "(wrap the model in DistributedDataParallel and average BatchNorm statistics)"
         )
-
-
-def _as_words(packed: np.ndarray) -> np.ndarray:
-    """View packed mask rows as uint64 words; the zero padding never counts as a difference."""
-    pad = -packed.shape[1] % 8
-    return np.ascontiguousarray(np.pad(packed, ((0, 0), (0, pad)))).view(np.uint64)
-
-
-def _tensor_to_numpy(value: Tensor | np.ndarray) -> np.ndarray:
-    return value.cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
-
-
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-    os.replace(tmp, path)

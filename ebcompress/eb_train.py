@@ -2,10 +2,12 @@
 
 Search trains the dense network with the BN-L1 subgradient and draws a mask every epoch; it
 stops as soon as the primary ratio's ticket emerges (or at ``prune.max_search_epochs``, then
-drawing the newest mask and saying so). Retraining inherits the ticket's weights and
-continues the dense schedule from the Early-Bird epoch (``retrain.mode: finetune``), or
-re-initialises and runs the whole schedule (``reinit``). Unlike the paper's reference code,
-finetune really carries the weights over.
+drawing the newest mask and saying so). No ticket emerges before the training top-1 shows
+the network has learned; a search that never gets there stops with a one-line error
+(:func:`ebcompress.method.train_dense`). Retraining inherits the ticket's weights
+(``retrain.mode: finetune``; unlike the paper's reference code, really) or re-initialises
+(``reinit``), on a restarted full schedule by default (``retrain.schedule: restart``, the
+paper's protocol) or on the rest of the dense schedule (``continue``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import torch
 from torch import nn
 
 from ebcompress import distributed
+from ebcompress.channels import warn_capped
 from ebcompress.earlybird import EarlyBird
 from ebcompress.engine import EpochStats
 from ebcompress.method import (
     RetrainPlan,
     RunContext,
     SearchOutcome,
+    chance_top1,
     register_method,
     retrain_epochs_after_search,
     train_dense,
@@ -31,9 +35,15 @@ from ebcompress.recipe import Recipe
 
 
 def early_bird_for(
-    recipe: Recipe, model: nn.Module, example_inputs: torch.Tensor, ratios: list[float]
+    recipe: Recipe,
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    ratios: list[float],
+    *,
+    chance: float | None = None,
 ) -> EarlyBird:
-    """The :class:`EarlyBird` a recipe's ``prune`` section describes, watching ``ratios``."""
+    """The :class:`EarlyBird` a recipe's ``prune`` section describes, watching ``ratios``;
+    ``chance`` is the data's chance top-1 (default: one over the model's output width)."""
     prune = recipe.prune
     return EarlyBird(
         model,
@@ -44,8 +54,12 @@ def early_bird_for(
         sparsity=prune.sparsity,
         scope=prune.scope,
         min_keep=prune.min_keep,
+        max_group_ratio=prune.max_group_ratio,
         round_to=prune.round_to,
         model_name=recipe.model.name,
+        min_search_epochs=prune.min_search_epochs,
+        chance=chance,
+        learning_margin=prune.learning_margin,
     )
 
 
@@ -80,12 +94,15 @@ class EarlyBirdTrain:
         recipe = run.recipe
         prune = recipe.prune
         ratios = [prune.ratio, *[r for r in prune.watch_ratios if r != prune.ratio]]
-        bird = early_bird_for(recipe, run.model, run.example_inputs, ratios)
+        bird = early_bird_for(
+            recipe, run.model, run.example_inputs, ratios, chance=chance_top1(run.data)
+        )
         limit = min(prune.max_search_epochs or recipe.train.epochs, recipe.train.epochs)
         trainer = train_dense(run, [bird, _DistanceLine(bird, prune.epsilon)], end_epoch=limit)
         if run.run_dir is not None and distributed.is_main():
             bird.history.save(run.run_dir / "masks")
         extra: dict[str, Any] = {
+            "learned_epoch": bird.learning.learned_epoch,
             "emerged_epochs": {f"{r:g}": e for r, e in bird.emerged_epoch.items()},
             "window_max_distances": {
                 f"{r:g}": bird.history.window_max_distances(r) for r in bird.ratios
@@ -94,6 +111,7 @@ class EarlyBirdTrain:
         if bird.ticket is not None:
             return SearchOutcome(bird.ticket, trainer.last_epoch, emerged=True, extra=extra)
         ticket = bird.latest_ticket()
+        warn_capped(ticket)
         note = (
             f"no ticket emerged within {trainer.last_epoch} epochs (epsilon {prune.epsilon:g}, "
             f"window {prune.window}); drew the newest mask instead"

@@ -37,7 +37,8 @@ from ebcompress.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from ebcompress.divergence import NonFiniteWatch
+from ebcompress.data import skipped_images
+from ebcompress.divergence import DivergenceError, NonFiniteWatch
 from ebcompress.energy import EnergyCounter, EnergyMeter, available_counters, nvml_counters
 from ebcompress.errors import UserError
 from ebcompress.metrics_file import append_entry, truncate_phase
@@ -248,6 +249,7 @@ class Trainer:
         self.last_epoch = start_epoch
         self.stopped_early = False
         self._saved_epoch: int | None = None
+        self._skipped_images: set[str] = set()  # unreadable files already logged
 
     def _build_loaders(self, num_workers: int) -> None:
         rank, world = distributed.rank(), distributed.world_size()
@@ -312,6 +314,7 @@ class Trainer:
             for epoch in range(first, self.end_epoch + 1):
                 stats = self._run_epoch(epoch, bar)
                 bar.end_epoch(stats.summary(self.end_epoch))
+                self._log_skipped_images(epoch)
                 self.history.append(stats)
                 self.last_epoch = epoch
                 self.stopped_early = self._ask_callbacks_to_stop(epoch, stats)
@@ -445,6 +448,16 @@ class Trainer:
             samples=int(samples),
         )
 
+    def _log_skipped_images(self, epoch: int) -> None:
+        """One line when the epoch skipped unreadable images (``data.skip_bad_images``)."""
+        new = [path for path in skipped_images(self.data) if path not in self._skipped_images]
+        if new:
+            self._skipped_images.update(new)
+            log(
+                f"{self.phase} epoch {epoch}: skipped {len(new)} unreadable image(s), e.g. "
+                f"{new[0]} ({len(self._skipped_images)} so far); remove or replace them"
+            )
+
     def _raise_if_nonfinite(self, step: int | None, epoch: int, steps: int) -> None:
         """UserError naming the first step (0-based ``step``) whose loss was NaN/inf."""
         if step is None:
@@ -455,7 +468,7 @@ class Trainer:
             if self._saved_epoch is not None
             else ""
         )
-        raise UserError(
+        raise DivergenceError(
             f"phase {self.phase!r}: the training loss became NaN/inf at epoch {epoch}, "
             f"step {step + 1} of {steps}; {kept}lower the learning rate and continue with "
             "`--resume --set train.lr=...`"

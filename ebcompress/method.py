@@ -26,11 +26,13 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from ebcompress.data import DataSplit
 from ebcompress.engine import Trainer
 from ebcompress.errors import UserError
 from ebcompress.flops import TrainingLedger
+from ebcompress.learning import LearningCheck
 from ebcompress.recipe import Recipe
 from ebcompress.ticket import Ticket
 
@@ -129,12 +131,44 @@ def get_method(key: str) -> Method:
     return methods[key]()
 
 
+def chance_top1(data: DataSplit) -> float:
+    """The top-1 accuracy of always guessing the training set's most frequent class."""
+    labels = _train_labels(data.train)
+    if labels is None or labels.numel() == 0:
+        return 1.0 / data.num_classes
+    return float(torch.bincount(labels).max()) / labels.numel()
+
+
+def _train_labels(dataset: Any) -> torch.Tensor | None:
+    if isinstance(dataset, Subset):
+        inner = _train_labels(dataset.dataset)
+        return None if inner is None else inner[torch.as_tensor(list(dataset.indices))]
+    for attr in ("labels", "targets"):
+        labels = getattr(dataset, attr, None)
+        if labels is not None:
+            return torch.as_tensor(labels, dtype=torch.long)
+    return None
+
+
+def learning_check(run: RunContext) -> LearningCheck:
+    """The recipe's learning criterion at the training data's chance level."""
+    return LearningCheck(
+        chance=chance_top1(run.data),
+        num_classes=run.data.num_classes,
+        margin=run.recipe.prune.learning_margin,
+    )
+
+
 def train_dense(
     run: RunContext, callbacks: Sequence[Any] = (), *, end_epoch: int | None = None
 ) -> Trainer:
     """Train ``run.model`` dense as phase ``search`` (ledger: dense MACs), up to ``end_epoch``
     (default: the whole schedule). Resumable like every phase: a finished search checkpoint is
-    loaded, not re-run. Every method's search goes through here."""
+    loaded, not re-run. Every method's search goes through here.
+
+    A dense network whose training top-1 never got clearly above chance
+    (:func:`learning_check`) has nothing worth pruning: that is a one-line UserError naming
+    what to change, raised before any ticket is drawn or retrained."""
     recipe = run.recipe
     trainer = Trainer(
         run.model,
@@ -151,25 +185,36 @@ def train_dense(
         progress=run.progress,
         num_workers=recipe.data.num_workers,
     )
-    trainer.fit(resume=run.resume)
+    history = trainer.fit(resume=run.resume)
+    check = learning_check(run)
+    for stats in history:
+        check.update(stats.epoch, train_top1=stats.train_top1, train_loss=stats.train_loss)
+    if history and not check.learned:
+        raise UserError(
+            f"the dense network did not learn in {len(history)} search epochs "
+            f"({check.describe()}), so no ticket was drawn; change train.lr (now "
+            f"{recipe.train.lr:g}), check the data (labels, data.mean/std) and data.augment, "
+            "or lower prune.learning_margin"
+        )
     return trainer
 
 
 def retrain_epochs_after_search(recipe: Recipe, search_epochs: int) -> tuple[int, int]:
     """The retrain window when the slim net continues or restarts the dense schedule.
 
-    ``finetune`` continues the dense schedule from the search's last epoch to ``train.epochs``
-    (the Early-Bird paper's EB Train); ``reinit`` runs the whole schedule again. An explicit
-    ``retrain.epochs`` sets the length (counted back from the schedule's end for finetune).
+    ``schedule: restart`` (the default) and ``mode: reinit`` run a fresh schedule of
+    ``retrain.epochs`` (default ``train.epochs``): the paper's protocol. ``schedule:
+    continue`` resumes the dense schedule from the search's last epoch to ``train.epochs``;
+    an explicit ``retrain.epochs`` then counts back from the schedule's end.
     """
     total = recipe.train.epochs
-    if recipe.retrain.mode == "reinit":
+    if recipe.retrain.mode == "reinit" or recipe.retrain.schedule == "restart":
         return 0, recipe.retrain.epochs or total
     if recipe.retrain.epochs is not None:
         return max(0, total - recipe.retrain.epochs), total
     if search_epochs >= total:
         raise UserError(
-            f"the search used all {total} epochs of train.epochs, so finetune has nothing left; "
-            "set retrain.epochs=N (e.g. --set retrain.epochs=20)"
+            f"the search used all {total} epochs of train.epochs, so retrain.schedule=continue "
+            "has nothing left; set retrain.schedule=restart or retrain.epochs=N"
         )
     return search_epochs, total

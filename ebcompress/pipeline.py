@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,19 @@ import torch
 from torch import nn
 
 from ebcompress import distributed as dist
-from ebcompress.data import DataSplit, load_data
+from ebcompress.data import DataSplit, load_data, skipped_images
+from ebcompress.divergence import DivergenceError
 from ebcompress.engine import Trainer
 from ebcompress.errors import UserError
 from ebcompress.export import ModelSpec, default_path, export, export_bundle
 from ebcompress.flops import FlopCount, TrainingLedger, count_flops
-from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, get_method
+from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, chance_top1, get_method
 from ebcompress.models import build_model
+from ebcompress.progress import log
 from ebcompress.recipe import Recipe, TrainConfig
 from ebcompress.report import write_report
 from ebcompress.slim import slim
+from ebcompress.zero_init import reset_zero_init_bn
 
 STATE_FILE = "state.json"
 LOCK_FILE = "run.lock"
@@ -63,7 +67,13 @@ def run_pipeline(
     with _run_lock(run_dir):
         if resume and _is_finished(_read_state(run_dir)):
             return write_report(run_dir) if dist.is_main() else {}
-        return _run(recipe, run_dir, data_root=data_root, resume=resume, dev=dev, progress=progress)
+        try:
+            return _run(
+                recipe, run_dir, data_root=data_root, resume=resume, dev=dev, progress=progress
+            )
+        except DivergenceError as exc:
+            _record_divergence(run_dir, str(exc))
+            raise
 
 
 def _run(
@@ -81,12 +91,23 @@ def _run(
     data = load_data(recipe.data, root=data_root, seed=recipe.seed)
     input_size = (data.in_chans, data.image_size, data.image_size)
 
+    zero_init_reset: tuple[str, ...] = ()
+
     def build_dense(seed_offset: int = 0) -> nn.Module:
+        nonlocal zero_init_reset
         torch.manual_seed(recipe.seed + seed_offset)
         net = build_model(recipe.model.name, data.num_classes, data.in_chans, **recipe.model.kwargs)
+        # Every method trains the same dense network, so a compare stays like for like.
+        zero_init_reset = reset_zero_init_bn(net)
         return net.to(dev)
 
     model = build_dense()
+    if zero_init_reset:
+        log(
+            f"{len(zero_init_reset)} BatchNorm(s) of {recipe.model.name} start with all scales 0 "
+            f"(zero-init, e.g. {zero_init_reset[0]}); set to 1 so the BN-scale ranking does not "
+            "prune their groups first"
+        )
     example_inputs = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(dev)
     dense_cost = _first_forward(recipe, model, input_size)
     ledger = TrainingLedger()
@@ -107,6 +128,8 @@ def _run(
     _write_state(run_dir, {"status": "search", "method": method.key})
     _seed_phase(recipe.seed, "search")
     outcome = method.search(run)
+    if zero_init_reset:
+        outcome.ticket = replace(outcome.ticket, zero_init_reset=zero_init_reset)
     if dist.is_main():
         outcome.ticket.save(run_dir / "ticket.json")
     plan = method.retrain_plan(run, outcome)
@@ -160,6 +183,10 @@ def _run(
                 dynamic_batch=recipe.export.dynamic_batch,
             )
     results = _results(recipe, method.key, outcome, plan, data, ledger, history, final)
+    skipped = skipped_images(data)
+    results["data"].update(
+        chance_top1=chance_top1(data), skipped_images=len(skipped), skipped_files=skipped[:20]
+    )
     results["model"] = {
         "name": recipe.model.name,
         "input_size": list(input_size),
@@ -270,6 +297,7 @@ def _results(
         "search": {"epochs": outcome.search_epochs, **outcome.extra},
         "retrain": {
             "mode": "reinit" if plan.reinit else "inherit",
+            "schedule": "restart" if plan.start_epoch == 0 else "continue",
             "start_epoch": plan.start_epoch,
             "end_epoch": plan.end_epoch,
             "epochs": plan.end_epoch - plan.start_epoch,
@@ -334,12 +362,22 @@ def _is_finished(state: dict[str, Any] | None) -> bool:
 
 
 def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    """Replace state.json atomically; the divergences recorded so far are carried over."""
     if not dist.is_main():
         return
+    divergences = (_read_state(run_dir) or {}).get("divergences")
+    if divergences and "divergences" not in state:
+        state = {**state, "divergences": divergences}
     state = {**state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     tmp = run_dir / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, run_dir / STATE_FILE)
+
+
+def _record_divergence(run_dir: Path, message: str) -> None:
+    """Keep a diverged phase's message in state.json: the report names it after a resume."""
+    state = _read_state(run_dir) or {"status": "search"}
+    _write_state(run_dir, {**state, "divergences": [*state.get("divergences", []), message]})
 
 
 def _lock_owner(run_dir: Path) -> int | None:

@@ -23,8 +23,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-from ebcompress.earlybird import MaskHistory
 from ebcompress.errors import UserError
+from ebcompress.mask_history import MaskHistory
 from ebcompress.report import describe_saving
 from ebcompress.ticket import Ticket
 

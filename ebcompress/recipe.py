@@ -15,7 +15,7 @@ import copy
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -47,6 +47,35 @@ class ModelConfig(_Section):
         return self
 
 
+class AugmentConfig(_Section):
+    """Training augmentation, mapped onto timm's ``create_transform`` arguments.
+
+    ``None`` (and ``crop: auto``) means "the data set's default" (docs/recipes.md,
+    "Augmentation defaults"); which options apply to which data sets is checked when the data
+    is loaded (:mod:`ebcompress.data.augment`), because it depends on ``data.name``.
+    """
+
+    crop: Literal["auto", "pad", "random_resized", "none"] = "auto"
+    pad: int | None = Field(None, ge=1, le=256)
+    hflip: float | None = Field(None, ge=0, le=1)
+    vflip: float = Field(0.0, ge=0, le=1)
+    scale: tuple[float, float] | None = None
+    ratio: tuple[float, float] | None = None
+    color_jitter: float | None = Field(None, ge=0)
+    auto_augment: str | None = Field(None, min_length=1)
+    re_prob: float = Field(0.0, ge=0, le=1)
+    crop_pct: float | None = Field(None, gt=0, le=1)
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos"] | None = None
+
+    @model_validator(mode="after")
+    def _ranges_in_order(self) -> AugmentConfig:
+        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"scale {list(self.scale)} must be [lo, hi] with 0 < lo <= hi <= 1")
+        if self.ratio is not None and not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio {list(self.ratio)} must be [lo, hi] with 0 < lo <= hi")
+        return self
+
+
 class DataConfig(_Section):
     """Which data set, where it lives, and the input size the model sees."""
 
@@ -58,6 +87,10 @@ class DataConfig(_Section):
     train_subset: int | None = Field(None, ge=1)
     test_subset: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0, le=64)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    mean: list[float] | None = Field(None, min_length=1)
+    std: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1)
+    skip_bad_images: bool = False
 
 
 class TrainConfig(_Section):
@@ -115,7 +148,10 @@ class PruneConfig(_Section):
     epsilon: float = Field(0.1, gt=0, le=1)
     window: int = Field(5, ge=2)
     max_search_epochs: int | None = Field(None, ge=1)
+    min_search_epochs: int = Field(0, ge=0)
+    learning_margin: float = Field(0.2, gt=0, lt=1)
     min_keep: int = Field(1, ge=1)
+    max_group_ratio: float = Field(0.9, gt=0, le=1)
     round_to: int | None = Field(None, ge=1)
     lt: LotteryTicketOptions = Field(default_factory=LotteryTicketOptions)
     snip: SnipOptions = Field(default_factory=SnipOptions)
@@ -132,13 +168,17 @@ class PruneConfig(_Section):
 class RetrainConfig(_Section):
     """Retraining the slim network.
 
-    ``finetune`` (default) inherits the ticket's weights and continues the dense schedule from
-    the ticket's epoch to ``train.epochs``; ``reinit`` re-initialises and runs the full schedule.
-    ``epochs`` overrides the length (methods that prune after a full dense run, such as
-    network slimming, need it).
+    ``mode``: ``finetune`` (default) inherits the ticket's weights, ``reinit`` re-initialises.
+    ``schedule``: ``restart`` (default) trains the slim network on a fresh copy of the dense
+    schedule, ``epochs`` long (default ``train.epochs``, milestones scaled): the paper's
+    protocol, which gives every ticket a full high-lr phase to recover in. ``continue`` (EB
+    finetune only) resumes the dense schedule from the ticket's epoch to ``train.epochs``
+    (``epochs`` then counts back from its end): cheaper, but a late ticket gets only a few
+    epochs at a small lr.
     """
 
     mode: Literal["finetune", "reinit"] = "finetune"
+    schedule: Literal["restart", "continue"] = "restart"
     epochs: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     precision: Precision = "fp32"

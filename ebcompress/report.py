@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from ebcompress.errors import UserError
+from ebcompress.health import assess_run
+from ebcompress.ticket import Ticket
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -70,6 +72,7 @@ def build_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     cost.pop("total_seconds", None)
     report["recipe"] = _read_recipe(run_dir)
     report["epochs"] = read_metrics(run_dir)
+    report["health"] = _health(run_dir, report, state).to_dict()
     report["files"] = {
         "ticket": "ticket.json",
         "model": "model/",
@@ -78,6 +81,31 @@ def build_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "report_md": REPORT_MD,
     }
     return report
+
+
+def _health(run_dir: Path, report: dict[str, Any], state: dict[str, Any]) -> Any:
+    """The run's :class:`~ebcompress.health.RunHealth`, from its files alone."""
+    ticket = Ticket.load(run_dir / "ticket.json")
+    epoch = report["ticket"]["epoch"]
+    dense = next(
+        (
+            e["test_top1"]
+            for e in report["epochs"]
+            if e["phase"] == "search" and epoch is not None and e["epoch"] == epoch
+        ),
+        None,
+    )
+    data = report.get("data") or {}
+    divergences = state.get("divergences") or []
+    return assess_run(
+        final_top1=report["accuracy"]["test_top1"],
+        ticket=ticket,
+        chance_top1=data.get("chance_top1"),
+        dense_top1_at_ticket=dense,
+        emerged=report["ticket"]["emerged"],
+        skipped_images=int(data.get("skipped_images") or 0),
+        divergence=divergences[-1] if divergences else None,
+    )
 
 
 def write_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -150,6 +178,50 @@ def _summary(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def health_headline(health: dict[str, Any]) -> str | None:
+    """The one highlighted line of a run that failed its health check, else None."""
+    if health.get("status") != "failed":
+        return None
+    return f"NOT A SUCCESS: {health['flags'][0]}"
+
+
+def _health_section(report: dict[str, Any]) -> list[str]:
+    h = report.get("health")
+    if not h:
+        return []
+    headline = health_headline(h)
+    lines = ["## Health", ""]
+    if headline:
+        lines += [f"> **{headline}**", ""]
+
+    def pct(value: float | None) -> str:
+        return "unknown" if value is None else _pct(value)
+
+    lines += [
+        f"Status: **{h['status']}**.",
+        "",
+        "| check | value |",
+        "|---|---|",
+        f"| dense top-1 at the ticket's epoch | {pct(h['dense_top1_at_ticket'])} |",
+        f"| final slim top-1 | {pct(h['final_top1'])} |",
+        f"| chance level (most frequent class) | {pct(h['chance_top1'])} |",
+        f"| groups at their cap | {len(h['capped_groups'])} |",
+        f"| groups kept dense | {len(h['kept_dense_groups'])} |",
+        f"| zero-initialised BatchNorms reset | {len(h['zero_init_reset'])} |",
+        f"| unreadable images skipped | {h['skipped_images']} |",
+        f"| divergence | {h['divergence'] or 'none'} |",
+        "",
+    ]
+    lines += [f"- {flag}" for flag in h["flags"][1 if headline else 0 :]]
+    named = [
+        *(f"- capped: `{name}` ({why})" for name, why in h["capped_groups"].items()),
+        *(f"- kept dense: `{name}`: {why}" for name, why in h["kept_dense_groups"].items()),
+    ]
+    if named:
+        lines += ["", "<details><summary>Groups named</summary>", "", *named, "", "</details>"]
+    return [*lines, ""]
+
+
 def _search(report: dict[str, Any]) -> list[str]:
     search = report["search"]
     if "window_max_distances" not in search:
@@ -188,11 +260,17 @@ def _channels(report: dict[str, Any]) -> list[str]:
 
 def _training(report: dict[str, Any]) -> list[str]:
     r = report["retrain"]
+    schedule = r.get("schedule")
+    how = (
+        f"a restarted schedule of {r['end_epoch']} epochs"
+        if schedule == "restart"
+        else f"epochs {r['start_epoch'] + 1} to {r['end_epoch']} of the dense schedule"
+    )
     lines = [
         "## Training",
         "",
-        f"Retraining ({r['mode']}) ran epochs {r['start_epoch'] + 1} to {r['end_epoch']} "
-        f"of the slim network.",
+        f"Retraining ({r['mode']}) trained the slim network on {how}; the cost table gives "
+        "what it cost (phase `retrain`).",
         "",
         *_image(report, "curves", "loss and accuracy per epoch"),
     ]
@@ -238,7 +316,12 @@ def _cost(report: dict[str, Any]) -> list[str]:
         "",
         f"A full dense training of this recipe costs {_fmt_count(c['dense_reference_flops'])} "
         f"FLOPs: this run used {100 / c['saving_vs_dense']:.1f} % of that, "
-        f"{describe_saving(c['saving_vs_dense'])}.",
+        f"{describe_saving(c['saving_vs_dense'])}"
+        + (
+            " — not a saving: the slim model failed its health check."
+            if (report.get("health") or {}).get("status") == "failed"
+            else "."
+        ),
         "",
         *_image(report, "cost", "training cost against a full dense training"),
     ]
@@ -248,6 +331,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     """A report that reads well on GitHub, embedding the plots of ``report["plots"]``."""
     lines = [
         *_summary(report),
+        *_health_section(report),
         *_search(report),
         *_channels(report),
         *_training(report),

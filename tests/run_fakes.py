@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ebcompress.earlybird import MaskHistory
 from ebcompress.engine import EpochStats
 from ebcompress.flops import TrainingLedger
+from ebcompress.mask_history import MaskHistory
 from ebcompress.recipe import load_recipe
 from ebcompress.ticket import Ticket
 
@@ -83,13 +83,15 @@ def make_fake_run_dir(
     joules: bool = False,
     status: str = "finished",
     seed: int = 0,
+    final_top1: float = 0.91,
 ) -> Path:
     """Write a run directory as ``run_pipeline`` leaves it (minus checkpoints/ and model/).
 
     ``method="eb"`` records masks/ for ratios 0.3, 0.5 and 0.7 and stops the search when the
     0.3 ticket emerges; any other method trains the dense net for the whole schedule and
     writes no masks/. ``joules`` makes every phase measured; ``status`` other than "finished"
-    leaves an unfinished run (state.json without results).
+    leaves an unfinished run (state.json without results). ``final_top1`` is the retrained
+    accuracy (the chance level is 10 %).
     """
     run_dir = Path(path)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +164,13 @@ def make_fake_run_dir(
         "run": recipe.name,
         "method": method,
         "seed": recipe.seed,
-        "data": {"name": recipe.data.name, "train": TRAIN_SAMPLES, "test": TEST_SAMPLES},
+        "data": {
+            "name": recipe.data.name,
+            "train": TRAIN_SAMPLES,
+            "test": TEST_SAMPLES,
+            "chance_top1": 0.1,
+            "skipped_images": 0,
+        },
         "ticket": {
             "ratio": ticket.ratio,
             "epoch": ticket.epoch,
@@ -180,7 +188,7 @@ def make_fake_run_dir(
             "epochs": schedule_epochs - start,
             "history_epochs": schedule_epochs - start,
         },
-        "accuracy": {"test_top1": 0.91, "test_top5": 0.995, "test_loss": 0.31},
+        "accuracy": {"test_top1": final_top1, "test_top5": 0.995, "test_loss": 0.31},
         "cost": cost,
         "model": {
             "name": recipe.model.name,

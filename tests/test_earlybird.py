@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from ebcompress.earlybird import EarlyBird, MaskHistory
+from ebcompress.earlybird import EarlyBird
 from ebcompress.errors import UserError
+from ebcompress.mask_history import MaskHistory
 from ebcompress.ticket import Ticket, mask_distance, structure_fingerprint
 
 WIDTHS = {"a": 24, "b": 16}  # 40 channels: moving one kept channel is a distance of 0.05
@@ -150,7 +151,13 @@ def test_not_emerged_until_the_window_is_full():
     assert bird.emerged_epoch == {0.3: 5}
     assert bird.ticket.epoch == 5
     assert np.array_equal(bird.ticket.mask(), STABLE)
-    assert bird.ticket.extra["earlybird"] == {"epsilon": 0.1, "window": 5, "window_max": 0.0}
+    assert bird.ticket.extra["earlybird"] == {
+        "epsilon": 0.1,
+        "window": 5,
+        "window_max": 0.0,
+        "learning_checked": False,
+        "learned_epoch": None,
+    }
 
 
 def test_emerges_at_the_exact_epoch_small_drift_allowed():
@@ -255,6 +262,82 @@ def test_engine_callback_protocol():
     assert bird.end_of_epoch(0, {"loss": 1.0}) is False
     assert bird.end_of_epoch(1, {"loss": 1.0}) is True
     assert bird.emerged_epoch[0.3] == 1
+
+
+# ---------------------------------------------------------------------- guards
+def test_no_ticket_while_the_network_sits_at_chance():
+    bird = _bird({0.3: [STABLE] * 12}, num_classes=10)
+    at_chance = [bird.step(train_top1=0.11, train_loss=2.31) for _ in range(6)]
+    assert at_chance == [False] * 6 and not bird.learned
+    learning = [bird.step(train_top1=0.6, train_loss=1.2) for _ in range(6)]
+    # learned at epoch 7; the window must hold 5 masks drawn from then on: epoch 11
+    assert bird.learning.learned_epoch == 7
+    assert learning == [False] * 4 + [True, True]
+    assert bird.emerged_epoch == {0.3: 11}
+    provenance = bird.ticket.extra["earlybird"]
+    assert provenance["learning_checked"] and provenance["learned_epoch"] == 7
+
+
+def test_the_loss_alone_decides_when_no_accuracy_is_given():
+    bird = _bird({0.3: [STABLE] * 8}, window=2, num_classes=10)  # needs loss <= 0.8 ln 10
+    assert [bird.step(train_loss=loss) for loss in (2.4, 2.2, 1.9)] == [False] * 3
+    assert bird.step(train_loss=1.7) is False  # learned now; the window needs 2 such masks
+    assert bird.step(train_loss=1.5) is True and bird.learning.learned_epoch == 4
+
+
+def test_the_learning_threshold_follows_the_chance_level():
+    bird = _bird({0.3: [STABLE] * 4}, window=2, chance=0.5)  # a majority class of 50 %
+    assert bird.learning.top1_needed == pytest.approx(0.6)
+    assert [bird.step(train_top1=0.55) for _ in range(2)] == [False, False]
+    assert [bird.step(train_top1=0.65) for _ in range(2)] == [False, True]
+
+
+def test_without_metrics_emergence_is_allowed_but_warned():
+    bird = _bird({0.3: [STABLE] * 2}, window=2)
+    bird.step()
+    with pytest.warns(UserWarning, match="without a check that the network learned"):
+        assert bird.step() is True
+
+
+def test_min_search_epochs_holds_emergence_back():
+    bird = _bird({0.3: [STABLE] * 8}, window=2, min_search_epochs=6)
+    assert _decisions(bird, 8) == [False] * 5 + [True] * 3
+    assert bird.emerged_epoch[0.3] == 6
+
+
+def test_the_class_count_is_read_from_the_model_output():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(7))
+    model(torch.zeros(2, 3, 6, 6))
+    bird = EarlyBird(model, torch.zeros(1, 3, 6, 6), 0.25)
+    assert bird.learning.num_classes == 7 and bird.learning.chance == pytest.approx(1 / 7)
+    assert model.training  # the probing forward ran in eval mode and restored the flags
+
+
+def test_zero_initialised_scales_are_reset_and_recorded():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8)
+    )
+    model.append(nn.Flatten())
+    model.append(nn.Linear(8 * 2 * 2, 3))
+    nn.init.zeros_(model[4].weight)
+    with pytest.warns(UserWarning, match="zero-init"):
+        bird = EarlyBird(model, torch.zeros(1, 3, 6, 6), 0.25, window=2)
+    assert torch.equal(model[4].weight, torch.ones(8)) and bird.zero_init_reset == ("4",)
+    bird.step()
+    assert bird.latest_ticket().zero_init_reset == ("4",)
+    nn.init.zeros_(model[4].weight)
+    untouched = EarlyBird(model, torch.zeros(1, 3, 6, 6), 0.25, reset_zero_init=False)
+    assert untouched.zero_init_reset == () and not model[4].weight.any()
+
+
+def test_learning_state_survives_resume():
+    script = {0.3: [STABLE] * 10}
+    bird = _bird(script, window=2, num_classes=10)
+    for top1 in (0.1, 0.5, 0.5):
+        bird.step(train_top1=top1)
+    resumed = _bird({0.3: [STABLE] * 10}, window=2, num_classes=10)
+    resumed.load_state_dict(_through_torch_save(bird.state_dict()))
+    assert resumed.learning == bird.learning and resumed.learning.learned_epoch == 2
 
 
 # ---------------------------------------------------------------------- resume

@@ -42,9 +42,11 @@ def test_quickstart_draws_a_ticket_early_and_the_flops_add_up(finished_run) -> N
     assert report["search"]["epochs"] == ticket.epoch
     phases = {p["phase"]: p for p in report["cost"]["phases"]}
     assert set(phases) == {"search", "retrain"}
-    # search trains the dense net up to the EB epoch, retrain the slim net for the rest
+    # search trains the dense net up to the EB epoch; the slim net retrains on a restarted
+    # full schedule (retrain.schedule: restart, the paper's protocol)
     assert phases["search"]["epochs"] == ticket.epoch
-    assert phases["retrain"]["epochs"] == 12 - ticket.epoch
+    assert phases["retrain"]["epochs"] == 12
+    assert report["retrain"]["schedule"] == "restart" and report["retrain"]["start_epoch"] == 0
     assert phases["search"]["macs_per_sample"] == report["model"]["dense"]["macs"]
     assert phases["retrain"]["macs_per_sample"] == report["model"]["slim"]["macs"]
     for p in phases.values():
@@ -144,6 +146,12 @@ def test_finetune_inherits_the_ticket_weights(tmp_path) -> None:
 
     method, run, outcome = _search_only(tmp_path, "finetune")
     assert outcome.emerged is False and "no ticket emerged within 3 epochs" in outcome.note
+    plan = method.retrain_plan(run, outcome)
+    assert (plan.start_epoch, plan.end_epoch, plan.reinit) == (0, 4, False)  # restart
+    continued = run.recipe.model_copy(
+        update={"retrain": run.recipe.retrain.model_copy(update={"schedule": "continue"})}
+    )
+    run.recipe = continued
     plan = method.retrain_plan(run, outcome)
     assert (plan.start_epoch, plan.end_epoch, plan.reinit) == (3, 4, False)
     x = torch.randn(8, 1, 16, 16)

@@ -11,7 +11,7 @@ from run_fakes import make_fake_run_dir
 
 import ebcompress.plots as plots
 import ebcompress.plots_compare as plots_compare
-from ebcompress.earlybird import MaskHistory
+from ebcompress.mask_history import MaskHistory
 from ebcompress.report import build_report, write_report
 from ebcompress.ticket import Ticket
 

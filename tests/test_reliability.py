@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import re
 import shutil
 import sys
@@ -177,7 +178,9 @@ def test_a_diverged_loss_stops_in_one_line_and_resumes_with_a_lower_lr(killed_ru
     assert "base lr changed from 0.1 to 0.01 on resume" in out
     search = [e["epoch"] for e in read_entries(run / "metrics.jsonl") if e["phase"] == "search"]
     assert search[:3] == [1, 2, 3]
-    assert (run / "report.json").is_file()
+    health = json.loads((run / "report.json").read_text())["health"]
+    assert "NaN/inf at epoch 3" in health["divergence"]
+    assert any(flag.startswith("training diverged once") for flag in health["flags"])
 
 
 def test_ctrl_c_is_one_line_and_leaves_the_run_resumable(tmp_path, monkeypatch) -> None:

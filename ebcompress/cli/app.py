@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import importlib
 import sys
+import warnings
 
 import typer
 from typer.exceptions import TyperException
@@ -55,8 +56,24 @@ def fail(message: str) -> None:
     raise SystemExit(EXIT_USER_ERROR)
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """Warnings (capped groups, zero-init resets) as one ``warning:`` line above the bars,
+    not Python's two-line file-and-source format."""
+    from ebcompress.progress import log
+
+    log(f"warning: {' '.join(str(message).split())}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    warnings.showwarning = _one_line_warning
     _register_commands()
     try:
         status = app(args=argv, standalone_mode=False)

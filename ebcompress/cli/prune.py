@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from ebcompress import distributed as dist
@@ -47,19 +48,34 @@ def prune(
 
 
 def print_summary(report: dict, run_dir: Path) -> None:
-    """The end-of-run panel: ticket, accuracy, size, cost, and where things are."""
+    """The end-of-run panel: ticket, accuracy, size, cost, health, and where things are.
+
+    A run that failed its health check says so in one highlighted line, and its FLOPs figure
+    is not presented as a saving."""
+    from ebcompress.report import health_headline
+
     t, m, c, acc = report["ticket"], report["model"], report["cost"], report["accuracy"]
+    health = report.get("health") or {}
     when = f"epoch {t['epoch']}" + ("" if t["emerged"] else " (did not emerge; newest mask)")
-    text = "\n".join(
-        [
-            f"[bold]{report['method']}[/] ticket at p={t['ratio']:g}: {when}",
-            f"test top-1 {acc['test_top1'] * 100:.2f} %   top-5 {acc['test_top5'] * 100:.2f} %",
-            f"params {m['dense']['params']:,} -> {m['slim']['params']:,}   "
-            f"MACs {m['dense']['macs']:,} -> {m['slim']['macs']:,} ({m['mac_reduction']:.2f}x)",
-            f"training FLOPs {c['total_flops']:.3e} vs {c['dense_reference_flops']:.3e} dense "
-            f"({c['saving_vs_dense']:.2f}x less)",
-            f"report: {run_dir / 'report.md'}",
-            f"slim model: {run_dir / 'model'}",
-        ]
-    )
-    Console().print(Panel(text, title="ebcompress", expand=False))
+    headline = health_headline(health)
+    flops = f"training FLOPs {c['total_flops']:.3e} vs {c['dense_reference_flops']:.3e} dense"
+    if headline:
+        flops += " (no saving: the slim model is broken)"
+    else:
+        flops += f" ({c['saving_vs_dense']:.2f}x less)"
+    lines = [
+        f"[bold]{report['method']}[/] ticket at p={t['ratio']:g}: {when}",
+        f"test top-1 {acc['test_top1'] * 100:.2f} %   top-5 {acc['test_top5'] * 100:.2f} %",
+        f"params {m['dense']['params']:,} -> {m['slim']['params']:,}   "
+        f"MACs {m['dense']['macs']:,} -> {m['slim']['macs']:,} ({m['mac_reduction']:.2f}x)",
+        escape(flops),
+    ]
+    if headline:
+        lines.append(f"[bold red]{escape(headline)}[/]")
+    elif health:
+        dense = health.get("dense_top1_at_ticket")
+        shown = "" if dense is None else f", dense at the ticket {dense * 100:.2f} %"
+        lines.append(f"health: {health['status']}{shown}")
+        lines += [f"[yellow]- {escape(flag)}[/]" for flag in health.get("flags", [])]
+    lines += [f"report: {run_dir / 'report.md'}", f"slim model: {run_dir / 'model'}"]
+    Console().print(Panel("\n".join(lines), title="ebcompress", expand=False))
