@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ebcompress.channels import capped_summary
 from ebcompress.ticket import Ticket
 
 FAILED_DROP = 0.05  # 5 points of top-1 below the dense network at the ticket's epoch
@@ -88,8 +89,8 @@ def assess_run(
             warnings.append(f"final top-1 is {where} at the ticket's epoch")
     if ticket.capped:
         warnings.append(
-            f"{len(ticket.capped)} channel group(s) stopped at their limit "
-            f"({', '.join(sorted(set(ticket.capped.values())))}): the ranking wanted them smaller"
+            f"{len(ticket.capped)} channel group(s) stopped at their limit, the ranking wanted "
+            f"them smaller: {capped_summary(ticket, limit=2)}"
         )
     if not emerged:
         warnings.append("no Early-Bird ticket emerged; the newest mask was used")
