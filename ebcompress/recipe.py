@@ -235,7 +235,11 @@ def _read_yaml(text: str, where: str) -> dict[str, Any]:
     except RecursionError:
         raise UserError(f"{where}: the YAML is nested too deeply") from None
     if data is None:
-        return {}
+        # An empty file once silently meant "all defaults": a 160-epoch VGG run nobody asked for.
+        raise UserError(
+            f"{where}: the recipe is empty; start from a shipped recipe with a line such as "
+            "'base: quickstart' (see `ebcompress recipes`) and add only what you change"
+        )
     if not isinstance(data, dict):
         raise UserError(f"{where}: a recipe must be a YAML mapping, got {type(data).__name__}")
     return data

@@ -112,3 +112,12 @@ def test_docs_list_every_recipe_field() -> None:
 
     missing = [f for f in fields(Recipe) if f"| `{f}` |" not in doc]
     assert not missing, f"docs/recipes.md lacks {missing}"
+
+
+@pytest.mark.parametrize("text", ["", "\n# only a comment\n", "null\n", "~\n"])
+def test_an_empty_recipe_is_refused_with_a_way_to_start(tmp_path, text) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="the recipe is empty; start from a shipped recipe") as err:
+        load_recipe(str(path))
+    assert "base: quickstart" in str(err.value) and str(path) in str(err.value)
