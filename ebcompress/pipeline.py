@@ -10,13 +10,12 @@ one in docs/architecture.md::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,11 @@ from ebcompress.models import build_model
 from ebcompress.progress import log
 from ebcompress.recipe import Recipe, TrainConfig
 from ebcompress.report import write_report
+from ebcompress.run_lock import LOCK_FILE, refuse_if_locked, run_lock
 from ebcompress.slim import slim
 from ebcompress.zero_init import reset_zero_init_bn
 
 STATE_FILE = "state.json"
-LOCK_FILE = "run.lock"
 
 
 def run_pipeline(
@@ -64,7 +63,7 @@ def run_pipeline(
     if dist.is_main():
         _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     dist.barrier()
-    with _run_lock(run_dir):
+    with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():
         if resume and _is_finished(_read_state(run_dir)):
             return write_report(run_dir) if dist.is_main() else {}
         try:
@@ -320,7 +319,7 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         raise UserError(f"--out {str(run_dir)!r} is a file, not a folder; choose another --out")
     state = _read_state(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
-        _refuse_if_locked(run_dir)  # a second writer hears of the first whatever its flags
+        refuse_if_locked(run_dir)  # a second writer hears of the first whatever its flags
         if overwrite:
             shutil.rmtree(run_dir)
         elif state is None and not any(
@@ -378,50 +377,3 @@ def _record_divergence(run_dir: Path, message: str) -> None:
     """Keep a diverged phase's message in state.json: the report names it after a resume."""
     state = _read_state(run_dir) or {"status": "search"}
     _write_state(run_dir, {**state, "divergences": [*state.get("divergences", []), message]})
-
-
-def _lock_owner(run_dir: Path) -> int | None:
-    try:
-        pid = int((run_dir / LOCK_FILE).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None  # a stale lock from a killed run
-    except PermissionError:
-        pass
-    return pid
-
-
-def _refuse_if_locked(run_dir: Path) -> None:
-    pid = _lock_owner(run_dir)
-    if pid is not None and pid != os.getpid():
-        raise UserError(
-            f"another ebcompress process (pid {pid}) is writing {str(run_dir)!r}; "
-            "wait for it or choose another --out"
-        )
-
-
-@contextmanager
-def _run_lock(run_dir: Path) -> Iterator[None]:
-    """One writer per run directory; a lock left by a killed process is taken over."""
-    if not dist.is_main():
-        yield
-        return
-    lock = run_dir / LOCK_FILE
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            _refuse_if_locked(run_dir)
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-    else:
-        raise UserError(f"could not lock {str(lock)!r}; remove it if no ebcompress run is active")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(f"{os.getpid()}\n")
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)

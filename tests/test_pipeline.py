@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ import torch
 from ebcompress.errors import UserError
 from ebcompress.pipeline import run_pipeline
 from ebcompress.recipe import load_recipe
+from ebcompress.run_lock import lock_holder, run_lock
 from ebcompress.slim import masked_equivalent, slim
 from ebcompress.ticket import Ticket
 
@@ -94,14 +100,44 @@ def test_a_foreign_folder_is_refused(tmp_path) -> None:
         run_pipeline(load_recipe("quickstart"), tmp_path, progress=False)
 
 
-def test_a_live_lock_refuses_a_second_writer(tmp_path) -> None:
-    import os
-
+def test_a_held_lock_refuses_a_second_writer_naming_the_holder(tmp_path) -> None:
     (tmp_path / "recipe.yaml").write_text("name: x\n")
     (tmp_path / "state.json").write_text('{"status": "search"}')
-    (tmp_path / "run.lock").write_text(f"{os.getppid()}\n")  # a live process that is not us
-    with pytest.raises(UserError, match=r"another ebcompress process \(pid"):
-        run_pipeline(load_recipe("quickstart"), tmp_path, resume=True, progress=False)
+    with run_lock(tmp_path):  # flock is per open file: a second open in this process conflicts
+        with pytest.raises(UserError, match=rf"another ebcompress process \(pid {os.getpid()} on "):
+            run_pipeline(load_recipe("quickstart"), tmp_path, resume=True, progress=False)
+        assert lock_holder(tmp_path).startswith(f"pid {os.getpid()}")
+    assert lock_holder(tmp_path) is None and not (tmp_path / "run.lock").exists()
+
+
+def test_a_lock_file_nobody_holds_does_not_block_even_with_a_live_pid(tmp_path) -> None:
+    # a killed run leaves its file behind; after a restart its pid may belong to anyone
+    (tmp_path / "run.lock").write_text(f"{os.getppid()} somehost\n")
+    assert lock_holder(tmp_path) is None
+    with run_lock(tmp_path):
+        assert (tmp_path / "run.lock").read_text().split()[0] == str(os.getpid())
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_a_killed_holder_releases_the_lock(tmp_path) -> None:
+    code = (
+        "import sys, time; from pathlib import Path; from ebcompress.run_lock import run_lock\n"
+        "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert lock_holder(tmp_path) == f"pid {holder.pid} on {socket.gethostname()}"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+    finally:
+        holder.kill()
+    assert (tmp_path / "run.lock").exists()  # SIGKILL left the file, but not the lock
+    assert lock_holder(tmp_path) is None
+    with run_lock(tmp_path):
+        pass
 
 
 def _search_only(tmp_path, mode: str):

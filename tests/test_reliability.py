@@ -146,7 +146,8 @@ def test_kill_anywhere_then_resume_gives_the_uninterrupted_result(killed_run) ->
 def test_a_second_run_into_a_live_run_directory_is_refused(killed_run) -> None:
     code, lines = killed_run.second_writer
     assert code == 2
-    assert len(lines) == 1 and re.match(r"error: another ebcompress process \(pid \d+\)", lines[0])
+    assert len(lines) == 1
+    assert re.match(r"error: another ebcompress process \(pid \d+ on \S+\)", lines[0]), lines
 
 
 @pytest.mark.slow

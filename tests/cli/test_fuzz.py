@@ -28,6 +28,7 @@ from torch import nn
 
 from ebcompress.cli import main
 from ebcompress.recipe import Recipe
+from ebcompress.run_lock import run_lock
 
 FUZZ = settings(
     max_examples=60,
@@ -219,10 +220,10 @@ def test_an_unfinished_run_is_refused_without_resume(tmp_path) -> None:
 @pytest.mark.parametrize("flag", [[], ["--resume"], ["--overwrite"]])
 def test_a_live_lock_refuses_a_second_run_whatever_its_flags(tmp_path, flag) -> None:
     run_dir = _fake_run(tmp_path / "run", "search")
-    (run_dir / "run.lock").write_text(f"{os.getppid()}\n")
-    line = assert_one_line_error([*_prune("quickstart", run_dir), *flag], "another ebcompress")
-    assert f"pid {os.getppid()}" in line
-    assert (run_dir / "state.json").is_file()  # --overwrite did not delete the live run
+    with run_lock(run_dir):  # held by this process through another open file
+        line = assert_one_line_error([*_prune("quickstart", run_dir), *flag], "another ebcompress")
+        assert f"pid {os.getpid()} on " in line
+        assert (run_dir / "state.json").is_file()  # --overwrite did not delete the live run
 
 
 def test_a_stale_lock_alone_is_a_run_killed_at_its_start(tmp_path) -> None:
