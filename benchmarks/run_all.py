@@ -56,6 +56,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
     Benchmark("timm_coverage", full="", short="--limit 8 --stem timm_coverage_short"),
     Benchmark("fault_injection", full="--cycles 5", short="--cycles 1"),
+    Benchmark("user_models", full="--quiet", short="--budget short --quiet"),
 )
 BUDGETS = ("full", "short")
 
