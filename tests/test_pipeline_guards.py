@@ -93,7 +93,7 @@ def test_a_failed_run_says_so_and_shows_no_saving(tmp_path, capsys) -> None:
     assert "not a saving: the slim model failed its health check" in text
     print_summary(report, run_dir)
     panel = capsys.readouterr().out
-    assert "NOT A SUCCESS" in panel and "no saving" in panel and "x less" not in panel
+    assert "NOT A SUCCESS" in panel and "no saving" in panel and "x fewer" not in panel
 
 
 def test_a_healthy_run_reports_ok_and_its_saving(tmp_path, capsys) -> None:
@@ -102,7 +102,7 @@ def test_a_healthy_run_reports_ok_and_its_saving(tmp_path, capsys) -> None:
     assert report["health"]["status"] == "ok" and report["health"]["flags"] == []
     print_summary(report, run_dir)
     panel = capsys.readouterr().out
-    assert "x less" in panel and "health: ok" in panel
+    assert "x fewer FLOPs" in panel and "health: ok" in panel
 
 
 def test_compare_flags_each_row(tmp_path) -> None:

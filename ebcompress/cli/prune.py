@@ -52,7 +52,7 @@ def print_summary(report: dict, run_dir: Path) -> None:
 
     A run that failed its health check says so in one highlighted line, and its FLOPs figure
     is not presented as a saving."""
-    from ebcompress.report import health_headline
+    from ebcompress.report import describe_saving, health_headline
 
     t, m, c, acc = report["ticket"], report["model"], report["cost"], report["accuracy"]
     health = report.get("health") or {}
@@ -62,7 +62,7 @@ def print_summary(report: dict, run_dir: Path) -> None:
     if headline:
         flops += " (no saving: the slim model is broken)"
     else:
-        flops += f" ({c['saving_vs_dense']:.2f}x less)"
+        flops += f" ({describe_saving(c['saving_vs_dense'])})"
     lines = [
         f"[bold]{report['method']}[/] ticket at p={t['ratio']:g}: {when}",
         f"test top-1 {acc['test_top1'] * 100:.2f} %   top-5 {acc['test_top5'] * 100:.2f} %",
