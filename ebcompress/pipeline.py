@@ -35,6 +35,7 @@ from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, chance_top
 from ebcompress.models import build_model
 from ebcompress.progress import log
 from ebcompress.recipe import Recipe, TrainConfig
+from ebcompress.recipe_drift import check_resume
 from ebcompress.report import write_report
 from ebcompress.run_lock import LOCK_FILE, refuse_if_locked, run_lock
 from ebcompress.slim import slim
@@ -52,8 +53,12 @@ def run_pipeline(
     overwrite: bool = False,
     device: str | None = None,
     progress: bool = True,
+    force_resume: bool = False,
 ) -> dict[str, Any]:
     """Run ``recipe.prune.method`` end to end into ``out_dir`` and return the report.
+
+    A resume whose recipe changes the result is refused (:mod:`ebcompress.recipe_drift`)
+    unless ``force_resume``; accepted changes go to ``recipe_history.jsonl``.
 
     ``resume`` on a finished run only rewrites its report (a run killed while drawing the
     plots has its results in state.json already).
@@ -67,6 +72,8 @@ def run_pipeline(
         if resume and _is_finished(_read_state(run_dir)):
             return write_report(run_dir) if dist.is_main() else {}
         try:
+            if resume and dist.is_main():
+                check_resume(run_dir, recipe, force=force_resume)
             return _run(
                 recipe, run_dir, data_root=data_root, resume=resume, dev=dev, progress=progress
             )

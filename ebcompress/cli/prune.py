@@ -28,6 +28,9 @@ def prune(
         [], "--set", help="dotted override, e.g. --set train.lr=0.05"
     ),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
+    force_resume: bool = typer.Option(
+        False, "--force-resume", help="resume even though the recipe changes the result"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run in --out"),
     device: str | None = typer.Option(
         None, help="cpu | cuda | cuda:1 (default: cuda if available)"
@@ -41,7 +44,13 @@ def prune(
     dist.init_from_env(device)
     run_dir = out or Path("runs") / resolved.name
     report = run_pipeline(
-        resolved, run_dir, data_root=data, resume=resume, overwrite=overwrite, device=device
+        resolved,
+        run_dir,
+        data_root=data,
+        resume=resume or force_resume,
+        overwrite=overwrite,
+        device=device,
+        force_resume=force_resume,
     )
     if dist.is_main():
         print_summary(report, run_dir)
