@@ -27,18 +27,28 @@ from torch import nn
 from ebcompress import distributed as dist
 from ebcompress.data import DataSplit, load_data, skipped_images
 from ebcompress.divergence import DivergenceError
+from ebcompress.earlybird import mask_digest
 from ebcompress.engine import Trainer
 from ebcompress.errors import UserError
 from ebcompress.export import ModelSpec, default_path, export, export_bundle
 from ebcompress.flops import FlopCount, TrainingLedger, count_flops
-from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, chance_top1, get_method
+from ebcompress.method import (
+    Method,
+    RetrainPlan,
+    RunContext,
+    SearchOutcome,
+    chance_top1,
+    get_method,
+)
 from ebcompress.models import build_model
 from ebcompress.progress import log
 from ebcompress.recipe import Recipe, TrainConfig
 from ebcompress.recipe_drift import check_resume
 from ebcompress.report import write_report
 from ebcompress.run_lock import LOCK_FILE, refuse_if_locked, run_lock
+from ebcompress.search_result import load_search_result, save_search_result
 from ebcompress.slim import slim
+from ebcompress.ticket import Ticket
 from ebcompress.zero_init import reset_zero_init_bn
 
 STATE_FILE = "state.json"
@@ -133,12 +143,7 @@ def _run(
     )
     _write_state(run_dir, {"status": "search", "method": method.key})
     _seed_phase(recipe.seed, "search")
-    outcome = method.search(run)
-    if zero_init_reset:
-        outcome.ticket = replace(outcome.ticket, zero_init_reset=zero_init_reset)
-    if dist.is_main():
-        outcome.ticket.save(run_dir / "ticket.json")
-    plan = method.retrain_plan(run, outcome)
+    outcome, plan = _search(method, run, zero_init_reset)
     slim_model = _slim_for_retrain(run, outcome, plan)
     slim_cost = count_flops(slim_model, input_size)
     _write_state(run_dir, {"status": "retrain", "method": method.key})
@@ -209,6 +214,52 @@ def _run(
     )
     _write_state(run_dir, {"status": "finished", "method": method.key, "results": results})
     return write_report(run_dir)
+
+
+def _search(
+    method: Method, run: RunContext, zero_init_reset: tuple[str, ...]
+) -> tuple[SearchOutcome, RetrainPlan]:
+    """The method's search and retrain plan, or, on a resume past the search, what it saved
+    (:mod:`ebcompress.search_result`): a ticket is never computed twice for one run."""
+    run_dir = run.run_dir
+    saved = load_search_result(run_dir) if run.resume and dist.is_main() else None
+    saved = dist.broadcast_object(saved) if dist.is_initialized() else saved
+    if saved is not None:
+        outcome, plan, ledger = saved
+        vars(run.ledger).update(vars(TrainingLedger.from_dict(ledger)))
+        log(
+            f"search already finished: its ticket and retrain start are read from "
+            f"{run_dir / 'search_result'}"
+        )
+        return outcome, plan
+    outcome = method.search(run)
+    if zero_init_reset:
+        outcome.ticket = replace(outcome.ticket, zero_init_reset=zero_init_reset)
+    _check_ranks_agree(outcome.ticket, run.device)
+    plan = method.retrain_plan(run, outcome)
+    if dist.is_main():
+        outcome.ticket.save(run_dir / "ticket.json")
+        start = None
+        if not plan.reinit:
+            start = plan.start_state or dist.unwrap(run.model).state_dict()
+        save_search_result(run_dir, outcome, plan, start, run.ledger)
+    return outcome, plan
+
+
+def _check_ranks_agree(ticket: Ticket, device: torch.device) -> None:
+    """Every data-parallel rank must retrain the same ticket (EB checks every epoch's mask;
+    the baselines' tickets are checked here): min and max of the mask's digest over ranks."""
+    if not dist.is_initialized():
+        return
+    digest = mask_digest(ticket.mask())
+    lowest, negated = dist.all_reduce_min(
+        torch.tensor([digest, -digest], dtype=torch.int64, device=device)
+    ).tolist()
+    if lowest != -negated:
+        raise UserError(
+            f"data-parallel ranks drew different tickets at p={ticket.ratio:g}; every rank must "
+            "train the same replica (average BatchNorm statistics, seed the data the same)"
+        )
 
 
 def _training_device(device: str | None) -> torch.device:
