@@ -222,7 +222,7 @@ def dense_reference(
     recipe: Recipe, out: Path, *, data_root: str | None, device: str, progress: bool
 ) -> dict[str, Any]:
     """Train the dense model of ``recipe`` with the library's engine, as the pipeline's search
-    would but without the BN-L1 penalty or the zero-init reset; read back when finished."""
+    would but without the BN-L1 penalty; read back when finished."""
     done = out / "dense.json"
     if done.is_file():
         return json.loads(done.read_text(encoding="utf-8"))
@@ -486,8 +486,8 @@ def build_row(
             "report_seconds": timing.get("total_seconds"),
             "health": health or None,
             "capped": capped,
-            "zero_init_reset": list(
-                health.get("zero_init_reset") or ticket_file.get("zero_init_reset") or []
+            "zero_init_bns": list(
+                health.get("zero_init_bns") or ticket_file.get("zero_init_bns") or []
             ),
             "kept_dense_groups": health.get("kept_dense_groups")
             or (ticket_file.get("extra") or {}).get("kept_dense")
@@ -498,8 +498,8 @@ def build_row(
     )
     curve = (dense or {}).get("test_top1_per_epoch") or []
     epoch = row["ticket_epoch"]
-    # The plain dense run at the ticket's epoch: what the search's zero-init reset and BN-L1
-    # penalty changed by then (dense_top1_at_ticket is the search's own network).
+    # The plain dense run at the ticket's epoch: what the search's BN-L1 penalty changed by
+    # then (dense_top1_at_ticket is the search's own network).
     row["dense_ref_top1_at_ticket_epoch"] = (
         curve[epoch - 1] if isinstance(epoch, int) and 0 < epoch <= len(curve) else None
     )
@@ -695,7 +695,7 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "| arch | family | p | dense ref top-1 | dense at ticket: search / plain | "
             "ticket epoch | slim top-1 | delta | params dense -> slim | MACs dense -> slim | "
-            "FLOPs saving | zero-init reset | wall s | health |",
+            "FLOPs saving | zero-init BNs | wall s | health |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in ds_rows:
@@ -715,18 +715,19 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {_pct(r['dense_top1_at_ticket'])} / "
                 f"{_pct(r['dense_ref_top1_at_ticket_epoch'])} "
                 f"| {ticket} | {_pct(r['slim_top1'])} "
-                f"| {delta} | {params} | {macs} | {saving} | {len(r['zero_init_reset'])} "
+                f"| {delta} | {params} | {macs} | {saving} | {len(r['zero_init_bns'])} "
                 f"| {_wall(r)} | {_health_cell(r)} |"
             )
     lines += [
         "",
-        "dense at ticket: the search's dense network (BN-L1 penalty, zero-init BNs reset) and "
+        "dense at ticket: the search's dense network (with the BN-L1 penalty) and "
         "the plain dense reference, both at the ticket's epoch. "
         "delta: slim minus dense reference, points of top-1. FLOPs saving: the run's training "
         "FLOPs (dense search + slim retrain) against one dense training of the schedule "
         "(report.json `cost.saving_vs_dense`); the slim net retrains a full schedule, so a late "
-        "ticket can cost more than dense (< 1x). zero-init reset: BatchNorms that timm "
-        "initialised to zero scale and ebcompress reset to 1 before the search.",
+        "ticket can cost more than dense (< 1x). zero-init BNs: BatchNorms that timm "
+        "initialised to zero scale; the BN-scale ranking leaves them out of their groups' "
+        "importance.",
         "",
         "## Targets",
         "",

@@ -25,6 +25,7 @@ from ebcompress.errors import UserError
 from ebcompress.groups import ChannelGroup, GroupHandle, same_layers, trace_channel_groups
 from ebcompress.probe import find_unslimmable
 from ebcompress.ticket import Ticket, structure_fingerprint
+from ebcompress.zero_init import is_zero_initialised
 
 SCOPES = ("global", "uniform")
 #: Keep at least 10 % of every group unless asked otherwise (torch-pruning's max_pruning_ratio).
@@ -79,7 +80,13 @@ class ChannelGraph:
         self.groups: list[ChannelGroup] = [h.info for h in self._handles]
         self._widths = np.array([group.width for group in self.groups])
         self._starts = np.concatenate([[0], np.cumsum(self._widths)[:-1]])
-        self._gather = _BnGather(self._handles, self._starts.tolist(), self.bn_modules())
+        zero = {bn for bn in self.bn_modules() if is_zero_initialised(bn)}
+        self.zero_init_bns: tuple[str, ...] = tuple(
+            names[bn] for bn in self.bn_modules() if bn in zero
+        )
+        self._gather = _BnGather(
+            self._handles, self._starts.tolist(), self.bn_modules(), ignored=zero
+        )
 
     @property
     def widths(self) -> dict[str, int]:
@@ -101,7 +108,9 @@ class ChannelGraph:
         """Per group, per channel importance (float32, on the CPU, ``len == width``).
 
         ``|gamma|`` averaged over every BatchNorm of the group (densely connected nets scale a
-        channel in several BNs). A group without BN falls back to the L1 norm of its root's
+        channel in several BNs), leaving out BNs that were zero-initialised when the graph was
+        traced (``zero_init_bns``; :mod:`ebcompress.zero_init`) wherever the group's other
+        BNs scale all its channels. A group without BN falls back to the L1 norm of its root's
         output-channel weights, divided by its mean; those values are not comparable with BN
         scales, which is why :meth:`draw` prunes such groups on their own.
         """
@@ -195,6 +204,7 @@ class ChannelGraph:
             fingerprint=self.fingerprint,
             ignored_layers=self.ignored_layer_names,
             capped=capped,
+            zero_init_bns=self.zero_init_bns,
             extra={
                 "scope": scope,
                 "min_keep": min_keep,
@@ -317,14 +327,20 @@ class _BnGather:
     vector and ``target[k]`` the group channel it scales, over all groups at once.
     """
 
-    def __init__(self, handles: list[GroupHandle], starts: list[int], bns: list[_BatchNorm]):
+    def __init__(
+        self,
+        handles: list[GroupHandle],
+        starts: list[int],
+        bns: list[_BatchNorm],
+        ignored: set[_BatchNorm] | frozenset[_BatchNorm] = frozenset(),
+    ):
         self._bns = bns
         sizes = [bn.num_features for bn in bns]
         offsets = dict(zip(bns, np.cumsum([0, *sizes])[:-1].tolist(), strict=True))
         sources, targets = [], []
         for handle, start in zip(handles, starts, strict=True):
             width = handle.info.width
-            for bn, bn_index, root_index in handle.bn_sources:
+            for bn, bn_index, root_index in _counted_sources(handle, ignored):
                 sources.append(
                     offsets[bn] + (torch.arange(width) if bn_index is None else bn_index)
                 )
@@ -347,6 +363,19 @@ class _BnGather:
             )
         source, target, count = self._on[device]
         return gammas.new_zeros(self._size).index_add_(0, target, gammas[source]) / count
+
+
+def _counted_sources(
+    handle: GroupHandle, ignored: set[_BatchNorm] | frozenset[_BatchNorm]
+) -> tuple[tuple[_BatchNorm, torch.Tensor | None, torch.Tensor | None], ...]:
+    """The group's BN sources without the ``ignored`` (zero-initialised) ones, as long as the
+    rest still scale every channel of the group; otherwise all of them."""
+    kept = tuple(source for source in handle.bn_sources if source[0] not in ignored)
+    width = handle.info.width
+    cover = torch.zeros(width)
+    for _, _, root_index in kept:
+        cover += 1 if root_index is None else torch.bincount(root_index, minlength=width)
+    return kept if kept and bool((cover > 0).all()) else handle.bn_sources
 
 
 def _weight_importance(handle: GroupHandle) -> torch.Tensor:

@@ -11,9 +11,9 @@ ranks drew the same masks (a hash all-reduce; a difference is an error), and ran
 decides emergence and broadcasts it, so every rank stops at the same epoch with the same ticket.
 
 Two guards a user's own model needs and the paper's calibrated setups did not: BatchNorms
-whose scales were zero-initialised are reset to 1 first (:mod:`ebcompress.zero_init`), and no
-ticket emerges before the network has measurably learned (:mod:`ebcompress.learning`) — a
-network stuck at chance has stable masks too.
+whose scales were zero-initialised do not count in the ranking (:mod:`ebcompress.zero_init`),
+and no ticket emerges before the network has measurably learned (:mod:`ebcompress.learning`)
+— a network stuck at chance has stable masks too.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from ebcompress.learning import DEFAULT_MARGIN, LearningCheck
 from ebcompress.mask_history import MaskHistory
 from ebcompress.sparsity import BNL1Regularizer
 from ebcompress.ticket import Ticket
-from ebcompress.zero_init import reset_zero_init_bn
 
 STATE_FORMAT = 1
 
@@ -61,9 +60,10 @@ class EarlyBird:
 
     Guards for a model and data the paper did not calibrate:
 
-    - ``reset_zero_init``: BatchNorms of the prunable groups whose scales are all zero
-      (timm's default ``zero_init_last``) are set to 1 at construction, with a warning, and
-      named in every ticket's ``zero_init_reset`` (:mod:`ebcompress.zero_init` says why).
+    - BatchNorms whose scales are all zero at construction (timm's default
+      ``zero_init_last``) are left out of their group's importance and named in every
+      ticket's ``zero_init_bns`` (:mod:`ebcompress.zero_init` says why); the model is
+      untouched.
     - Learning: pass the epoch's training metrics to :meth:`step` (``train_top1`` and/or
       ``train_loss``). No ticket emerges until they show the network has learned
       (:class:`ebcompress.learning.LearningCheck`: top-1 at least ``chance + learning_margin *
@@ -100,7 +100,6 @@ class EarlyBird:
         num_classes: int | None = None,
         chance: float | None = None,
         learning_margin: float = DEFAULT_MARGIN,
-        reset_zero_init: bool = True,
     ) -> None:
         self.ratios = _check_ratios(ratio)
         if not 0 < epsilon <= 1:
@@ -125,17 +124,6 @@ class EarlyBird:
             graph = ChannelGraph(model, example_inputs, ignored_layers=ignored_layers)
         self.graph = graph
         self.regularizer = BNL1Regularizer(self.graph.bn_modules(), sparsity)
-        self.zero_init_reset: tuple[str, ...] = ()
-        if reset_zero_init:
-            self.zero_init_reset = reset_zero_init_bn(model, self.graph.bn_modules())
-        if self.zero_init_reset:
-            warnings.warn(
-                f"EarlyBird: {len(self.zero_init_reset)} BatchNorm(s) started with all scales 0 "
-                f"(zero-init, e.g. {self.zero_init_reset[0]!r}); their scales were set to 1 so "
-                "the BN-scale ranking does not prune those groups first (reset_zero_init=False "
-                "keeps them)",
-                stacklevel=2,
-            )
         if chance is None and num_classes is None:
             num_classes = _output_width(model, example_inputs)
         self.learning = LearningCheck(
@@ -221,11 +209,7 @@ class EarlyBird:
                 "learning_checked": self.learning.checked,
                 "learned_epoch": self.learning.learned_epoch,
             }
-            self.tickets[ratio] = replace(
-                ticket,
-                zero_init_reset=self.zero_init_reset,
-                extra={**ticket.extra, "earlybird": provenance},
-            )
+            self.tickets[ratio] = replace(ticket, extra={**ticket.extra, "earlybird": provenance})
             self.emerged_epoch[ratio] = epoch
             if ratio == self.ratios[0]:
                 self._warn_on_emergence(self.tickets[ratio])
@@ -262,7 +246,7 @@ class EarlyBird:
             raise UserError(
                 "EarlyBird.latest_ticket(): no mask drawn yet; call step() after an epoch"
             )
-        return replace(self._latest[ratio], zero_init_reset=self.zero_init_reset)
+        return self._latest[ratio]
 
     def _watched(self, ratio: float | None) -> float:
         if ratio is None:

@@ -43,7 +43,7 @@ class RunHealth:
     dense_top1_at_ticket: float | None
     capped_groups: dict[str, str] = field(default_factory=dict)
     kept_dense_groups: dict[str, str] = field(default_factory=dict)
-    zero_init_reset: tuple[str, ...] = ()
+    zero_init_bns: tuple[str, ...] = ()
     skipped_images: int = 0
     divergence: str | None = None
 
@@ -54,7 +54,7 @@ class RunHealth:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["flags"] = list(self.flags)
-        out["zero_init_reset"] = list(self.zero_init_reset)
+        out["zero_init_bns"] = list(self.zero_init_bns)
         return out
 
 
@@ -107,7 +107,7 @@ def assess_run(
         dense_top1_at_ticket=dense_top1_at_ticket,
         capped_groups=dict(ticket.capped),
         kept_dense_groups=dict(ticket.extra.get("kept_dense") or {}),
-        zero_init_reset=ticket.zero_init_reset,
+        zero_init_bns=ticket.zero_init_bns,
         skipped_images=skipped_images,
         divergence=divergence,
     )

@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ from ebcompress.run_lock import LOCK_FILE, refuse_if_locked, run_lock
 from ebcompress.search_result import load_search_result, save_search_result
 from ebcompress.slim import slim
 from ebcompress.ticket import Ticket
-from ebcompress.zero_init import reset_zero_init_bn
+from ebcompress.zero_init import find_zero_init_bn
 
 STATE_FILE = "state.json"
 
@@ -107,22 +106,18 @@ def _run(
     data = load_data(recipe.data, root=data_root, seed=recipe.seed)
     input_size = (data.in_chans, data.image_size, data.image_size)
 
-    zero_init_reset: tuple[str, ...] = ()
-
     def build_dense(seed_offset: int = 0) -> nn.Module:
-        nonlocal zero_init_reset
         torch.manual_seed(recipe.seed + seed_offset)
         net = build_model(recipe.model.name, data.num_classes, data.in_chans, **recipe.model.kwargs)
-        # Every method trains the same dense network, so a compare stays like for like.
-        zero_init_reset = reset_zero_init_bn(net)
         return net.to(dev)
 
     model = build_dense()
-    if zero_init_reset:
+    zero_init = find_zero_init_bn(model)
+    if zero_init:
         log(
-            f"{len(zero_init_reset)} BatchNorm(s) of {recipe.model.name} start with all scales 0 "
-            f"(zero-init, e.g. {zero_init_reset[0]}); set to 1 so the BN-scale ranking does not "
-            "prune their groups first"
+            f"{len(zero_init)} BatchNorm(s) of {recipe.model.name} start with all scales 0 "
+            f"(zero-init, e.g. {zero_init[0]}); BN-scale rankings (EB, network slimming) leave "
+            "them out of their groups' importance, so they cannot sink those groups"
         )
     example_inputs = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(dev)
     dense_cost = _first_forward(recipe, model, input_size)
@@ -143,7 +138,7 @@ def _run(
     )
     _write_state(run_dir, {"status": "search", "method": method.key})
     _seed_phase(recipe.seed, "search")
-    outcome, plan = _search(method, run, zero_init_reset)
+    outcome, plan = _search(method, run)
     slim_model = _slim_for_retrain(run, outcome, plan)
     slim_cost = count_flops(slim_model, input_size)
     _write_state(run_dir, {"status": "retrain", "method": method.key})
@@ -216,9 +211,7 @@ def _run(
     return write_report(run_dir)
 
 
-def _search(
-    method: Method, run: RunContext, zero_init_reset: tuple[str, ...]
-) -> tuple[SearchOutcome, RetrainPlan]:
+def _search(method: Method, run: RunContext) -> tuple[SearchOutcome, RetrainPlan]:
     """The method's search and retrain plan, or, on a resume past the search, what it saved
     (:mod:`ebcompress.search_result`): a ticket is never computed twice for one run."""
     run_dir = run.run_dir
@@ -233,8 +226,6 @@ def _search(
         )
         return outcome, plan
     outcome = method.search(run)
-    if zero_init_reset:
-        outcome.ticket = replace(outcome.ticket, zero_init_reset=zero_init_reset)
     _check_ranks_agree(outcome.ticket, run.device)
     plan = method.retrain_plan(run, outcome)
     if dist.is_main():

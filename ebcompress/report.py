@@ -207,7 +207,7 @@ def _health_section(report: dict[str, Any]) -> list[str]:
         f"| chance level (most frequent class) | {pct(h['chance_top1'])} |",
         f"| groups at their cap | {len(h['capped_groups'])} |",
         f"| groups kept dense | {len(h['kept_dense_groups'])} |",
-        f"| zero-initialised BatchNorms reset | {len(h['zero_init_reset'])} |",
+        f"| zero-initialised BatchNorms left out of the ranking | {len(h['zero_init_bns'])} |",
         f"| unreadable images skipped | {h['skipped_images']} |",
         f"| divergence | {h['divergence'] or 'none'} |",
         "",

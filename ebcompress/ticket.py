@@ -48,10 +48,10 @@ class Ticket:
     ``capped``
         group name -> the limit it stopped at (``"max_group_ratio"`` or ``"min_keep"``):
         the global ranking wanted to remove more of these groups than the limits allow.
-    ``zero_init_reset``
-        BatchNorms whose scales were all zero at initialisation (timm's ``zero_init_last``,
-        torchvision's ``zero_init_residual``) and were reset to 1 before the search, so that
-        the BN-scale ranking did not start with those groups at importance 0.
+    ``zero_init_bns``
+        BatchNorms whose scales were all zero when the groups were traced (timm's
+        ``zero_init_last``, torchvision's ``zero_init_residual``); they were left out of their
+        group's importance so they could not sink it (:mod:`ebcompress.zero_init`).
     """
 
     kept: dict[str, tuple[int, ...]]
@@ -63,7 +63,7 @@ class Ticket:
     fingerprint: str = ""
     ignored_layers: tuple[str, ...] = ()
     capped: dict[str, str] = field(default_factory=dict)
-    zero_init_reset: tuple[str, ...] = ()
+    zero_init_bns: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -73,7 +73,7 @@ class Ticket:
         if unknown:
             raise ValueError(f"Ticket.capped names groups the ticket does not have: {unknown}")
         object.__setattr__(self, "ignored_layers", tuple(self.ignored_layers))
-        object.__setattr__(self, "zero_init_reset", tuple(self.zero_init_reset))
+        object.__setattr__(self, "zero_init_bns", tuple(self.zero_init_bns))
         for name, idx in self.kept.items():
             width = self.widths[name]
             if not idx:
@@ -143,7 +143,7 @@ class Ticket:
             "num_kept": self.num_kept,
             "ignored_layers": list(self.ignored_layers),
             "capped": dict(self.capped),
-            "zero_init_reset": list(self.zero_init_reset),
+            "zero_init_bns": list(self.zero_init_bns),
             "extra": self.extra,
             "groups": [
                 {"name": name, "width": self.widths[name], "kept": list(self.kept[name])}
@@ -168,7 +168,7 @@ class Ticket:
                 # tickets written before these fields existed read as "none"
                 ignored_layers=tuple(str(n) for n in data.get("ignored_layers") or ()),
                 capped={str(k): str(v) for k, v in (data.get("capped") or {}).items()},
-                zero_init_reset=tuple(str(n) for n in data.get("zero_init_reset") or ()),
+                zero_init_bns=tuple(str(n) for n in data.get("zero_init_bns") or ()),
                 extra=dict(data.get("extra") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:

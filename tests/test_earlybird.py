@@ -313,21 +313,17 @@ def test_the_class_count_is_read_from_the_model_output():
     assert model.training  # the probing forward ran in eval mode and restored the flags
 
 
-def test_zero_initialised_scales_are_reset_and_recorded():
+def test_zero_initialised_scales_are_left_alone_and_recorded():
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8)
     )
     model.append(nn.Flatten())
     model.append(nn.Linear(8 * 2 * 2, 3))
     nn.init.zeros_(model[4].weight)
-    with pytest.warns(UserWarning, match="zero-init"):
-        bird = EarlyBird(model, torch.zeros(1, 3, 6, 6), 0.25, window=2)
-    assert torch.equal(model[4].weight, torch.ones(8)) and bird.zero_init_reset == ("4",)
+    bird = EarlyBird(model, torch.zeros(1, 3, 6, 6), 0.25, window=2)
+    assert not model[4].weight.any()  # the model trains as the user built it
     bird.step()
-    assert bird.latest_ticket().zero_init_reset == ("4",)
-    nn.init.zeros_(model[4].weight)
-    untouched = EarlyBird(model, torch.zeros(1, 3, 6, 6), 0.25, reset_zero_init=False)
-    assert untouched.zero_init_reset == () and not model[4].weight.any()
+    assert bird.latest_ticket().zero_init_bns == ("4",)
 
 
 def test_learning_state_survives_resume():

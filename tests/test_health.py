@@ -33,7 +33,7 @@ def test_far_below_the_dense_network_fails_a_little_below_warns() -> None:
 
 
 def test_capped_groups_and_other_events_warn_and_are_carried() -> None:
-    ticket = _ticket(capped={"b": "max_group_ratio"}, zero_init_reset=("bn2",))
+    ticket = _ticket(capped={"b": "max_group_ratio"}, zero_init_bns=("bn2",))
     health = assess_run(
         final_top1=0.9,
         ticket=ticket,
@@ -45,5 +45,5 @@ def test_capped_groups_and_other_events_warn_and_are_carried() -> None:
     assert health.status == "warning" and len(health.flags) == 4
     out = health.to_dict()
     assert out["capped_groups"] == {"b": "max_group_ratio"}
-    assert out["zero_init_reset"] == ["bn2"] and out["skipped_images"] == 3
+    assert out["zero_init_bns"] == ["bn2"] and out["skipped_images"] == 3
     assert out["dense_top1_at_ticket"] is None

@@ -33,7 +33,7 @@ def test_a_default_timm_resnet_keeps_its_residual_stream(tmp_path) -> None:
     run_dir = tmp_path / "resnet"
     report = run_pipeline(load_recipe(str(path)), run_dir, progress=False)
     ticket = Ticket.load(run_dir / "ticket.json")
-    assert ticket.zero_init_reset == (
+    assert ticket.zero_init_bns == (
         "layer1.0.bn2",
         "layer2.0.bn2",
         "layer3.0.bn3",
@@ -43,7 +43,7 @@ def test_a_default_timm_resnet_keeps_its_residual_stream(tmp_path) -> None:
     for name, width in ticket.widths.items():  # nothing below 10 % unless the ticket names it
         assert counts[name] >= 0.1 * width or name in ticket.capped, name
     health = report["health"]
-    assert health["zero_init_reset"] == list(ticket.zero_init_reset)
+    assert health["zero_init_bns"] == list(ticket.zero_init_bns)
     assert health["capped_groups"] == ticket.capped
     assert health["chance_top1"] == pytest.approx(0.1, abs=0.01)
     assert health["dense_top1_at_ticket"] is not None

@@ -64,7 +64,7 @@ def _one_line_warning(
     file: object = None,
     line: str | None = None,
 ) -> None:
-    """Warnings (capped groups, zero-init resets) as one ``warning:`` line above the bars,
+    """Warnings (capped groups, unchecked learning) as one ``warning:`` line above the bars,
     not Python's two-line file-and-source format."""
     from ebcompress.progress import log
 
