@@ -80,12 +80,29 @@ class ChannelGraph:
         self.groups: list[ChannelGroup] = [h.info for h in self._handles]
         self._widths = np.array([group.width for group in self.groups])
         self._starts = np.concatenate([[0], np.cumsum(self._widths)[:-1]])
-        zero = {bn for bn in self.bn_modules() if is_zero_initialised(bn)}
-        self.zero_init_bns: tuple[str, ...] = tuple(
-            names[bn] for bn in self.bn_modules() if bn in zero
+        self._names = names
+        self.exclude_from_importance(
+            tuple(names[bn] for bn in self.bn_modules() if is_zero_initialised(bn))
         )
+
+    def exclude_from_importance(self, bn_names: Sequence[str]) -> None:
+        """Leave these BatchNorms out of their groups' mean ``|gamma|`` wherever the groups'
+        other BNs scale all their channels; :attr:`zero_init_bns` lists those actually left
+        out. Called at construction with the zero-initialised ones, and by
+        :meth:`ebcompress.EarlyBird.load_state_dict` to restore a search's choice."""
+        wanted = set(bn_names)
+        ignored = {bn for bn in self.bn_modules() if self._names[bn] in wanted}
         self._gather = _BnGather(
-            self._handles, self._starts.tolist(), self.bn_modules(), ignored=zero
+            self._handles, self._starts.tolist(), self.bn_modules(), ignored=ignored
+        )
+        left_out = {
+            bn
+            for handle in self._handles
+            for bn, _, _ in handle.bn_sources
+            if bn in ignored and _counted_sources(handle, ignored) is not handle.bn_sources
+        }
+        self.zero_init_bns: tuple[str, ...] = tuple(
+            self._names[bn] for bn in self.bn_modules() if bn in left_out
         )
 
     @property
@@ -191,7 +208,7 @@ class ChannelGraph:
             else:
                 n_removed = int(removed[segment].sum()) if in_pool else round(ratio * width)
                 kept[name] = _choose(handle, scores[segment], width - n_removed, floor, round_to)
-            if len(kept[name]) == floor and want > width - floor:
+            if want > width - floor:  # the limit bound, whatever round_to then added
                 at_min_keep = floor == _floor(handle, min_keep, 1.0)
                 capped[name] = "min_keep" if at_min_keep else "max_group_ratio"
         ticket = Ticket(
@@ -204,7 +221,7 @@ class ChannelGraph:
             fingerprint=self.fingerprint,
             ignored_layers=self.ignored_layer_names,
             capped=capped,
-            zero_init_bns=self.zero_init_bns,
+            zero_init_bns=self.zero_init_bns if importance is None else (),
             extra={
                 "scope": scope,
                 "min_keep": min_keep,
@@ -301,7 +318,7 @@ def warn_capped(ticket: Ticket) -> None:
 
 
 def _check_draw_args(
-    ratio: float, scope: str, min_keep: int, round_to: int | None, max_group_ratio: float = 1.0
+    ratio: float, scope: str, min_keep: int, round_to: int | None, max_group_ratio: float
 ) -> None:
     if not 0.0 < max_group_ratio <= 1.0:
         raise UserError(

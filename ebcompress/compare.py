@@ -21,7 +21,7 @@ from ebcompress.errors import UserError
 from ebcompress.pipeline import STATE_FILE, run_pipeline
 from ebcompress.plots_compare import plot_accuracy_vs_flops
 from ebcompress.recipe import Recipe, validate_recipe
-from ebcompress.report import REPORT_JSON
+from ebcompress.report import REPORT_JSON, describe_saving
 
 
 def run_dir_name(method: str, ratio: float) -> str:
@@ -101,7 +101,8 @@ def improvement(rows: list[dict[str, Any]], reference: str = "eb") -> dict[float
     for ratio in sorted({r["ratio"] for r in rows}):
         at = [r for r in rows if r["ratio"] == ratio]
         ours = next((r for r in at if r["method"] == reference), None)
-        others = [r for r in at if r["method"] != reference]
+        # a competitor whose slim model failed its health check is no benchmark to beat
+        others = [r for r in at if r["method"] != reference and r.get("health") != "failed"]
         if ours is None or not others:
             continue
         best = max(others, key=lambda r: r["test_top1"])
@@ -186,7 +187,7 @@ def render_table(
 def _saving(gain: dict[str, Any]) -> str:
     if gain.get("health") == "failed":
         return "no saving (eb failed its health check)"
-    return f"{gain['flops_ratio']:.2f}x fewer"
+    return describe_saving(gain["flops_ratio"])
 
 
 def _pct(value: float | None) -> str:

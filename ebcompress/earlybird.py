@@ -68,8 +68,10 @@ class EarlyBird:
       ``train_loss``). No ticket emerges until they show the network has learned
       (:class:`ebcompress.learning.LearningCheck`: top-1 at least ``chance + learning_margin *
       (1 - chance)``, or the loss ``(1 - learning_margin)`` below ``ln(num_classes)``), and
-      only masks drawn from that epoch on fill the window. ``num_classes`` defaults to the
-      width of the model's output on ``example_inputs``; ``chance`` to ``1 / num_classes``.
+      only masks drawn from that epoch on fill the window. ``chance`` defaults to
+      ``1 / num_classes``, else one over the width of the model's output on
+      ``example_inputs``; the loss criterion uses ``ln(num_classes)`` only when
+      ``num_classes`` is given (it assumes cross-entropy), else the first epoch's loss.
       Without metrics the check is skipped, and the emerged ticket warns that it was.
     - ``min_search_epochs``: no emergence before this epoch.
     ``ignored_layers`` (modules or names; a container means all its submodules) stay dense,
@@ -116,6 +118,7 @@ class EarlyBird:
         if min_search_epochs < 0:
             raise UserError(f"min_search_epochs={min_search_epochs} must be >= 0")
         self.min_search_epochs = int(min_search_epochs)
+        self._unguarded = False  # True only for a search resumed from a pre-guard state
         self.epsilon = float(epsilon)
         self.history = MaskHistory(window)
         # Where the rank-agreement collectives run (NCCL needs the model's CUDA device).
@@ -125,7 +128,10 @@ class EarlyBird:
         self.graph = graph
         self.regularizer = BNL1Regularizer(self.graph.bn_modules(), sparsity)
         if chance is None and num_classes is None:
-            num_classes = _output_width(model, example_inputs)
+            # Only the chance level is taken from the output's width: the loss criterion's
+            # ln(C) reference assumes cross-entropy, which a given num_classes vouches for.
+            width = _output_width(model, example_inputs)
+            chance = None if width is None else 1.0 / width
         self.learning = LearningCheck(
             chance=chance, num_classes=num_classes, margin=learning_margin
         )
@@ -217,7 +223,7 @@ class EarlyBird:
     def _window_after_learning(self, ratio: float) -> bool:
         """Whether every mask in the ratio's window was drawn once the network had learned
         (always, when no training metrics were given: then nothing can be checked)."""
-        if not self.learning.checked:
+        if self._unguarded or not self.learning.checked:
             return True
         if not self.learning.learned:
             return False
@@ -282,6 +288,8 @@ class EarlyBird:
                 for r, t in self.tickets.items()
             ],
             "learning": self.learning.state_dict(),
+            "zero_init_bns": list(self.graph.zero_init_bns),
+            "unguarded": self._unguarded,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -315,8 +323,14 @@ class EarlyBird:
             raise UserError(f"{where}: not a valid Early-Bird state ({exc})") from None
         self.history, self._latest, self.tickets = history, latest, tickets
         self.emerged_epoch = {r: emerged.get(r) for r in self.ratios}
-        # states saved before the learning check existed carry none: nothing was checked
+        # a state saved before the check existed: that search ran unguarded, and stays so
+        self._unguarded = bool(state.get("unguarded", "learning" not in state))
         self.learning.load_state_dict(state.get("learning") or {})
+        # The BNs left out of the ranking are those of the search's start, even when the
+        # model was loaded with trained weights before this detector was built.
+        saved_zero = tuple(state.get("zero_init_bns") or ())
+        if saved_zero != self.graph.zero_init_bns:
+            self.graph.exclude_from_importance(saved_zero)
 
 
 def _check_ratios(ratio: float | Sequence[float]) -> tuple[float, ...]:

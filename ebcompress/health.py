@@ -29,7 +29,6 @@ from ebcompress.ticket import Ticket
 FAILED_DROP = 0.05  # 5 points of top-1 below the dense network at the ticket's epoch
 WARNING_DROP = 0.02
 NEAR_CHANCE_MARGIN = 0.1  # of the headroom above chance
-STATUSES = ("ok", "warning", "failed")
 
 
 @dataclass(frozen=True)

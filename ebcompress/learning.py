@@ -75,7 +75,21 @@ class LearningCheck:
     def update(
         self, epoch: int, *, train_top1: float | None = None, train_loss: float | None = None
     ) -> bool:
-        """Record one epoch's training metrics; True once the network has learned."""
+        """Record one epoch's training metrics; True once the network has learned.
+
+        ``train_top1`` is a fraction in [0, 1]. A top-1 without a known chance level (and no
+        loss to fall back on) cannot be judged: a UserError, not a guard that never passes.
+        """
+        if train_top1 is not None and not 0.0 <= train_top1 <= 1.0:
+            raise UserError(
+                f"train_top1={train_top1!r} must be a fraction in [0, 1] (divide a percentage "
+                "by 100)"
+            )
+        if train_top1 is not None and self.chance is None and train_loss is None:
+            raise UserError(
+                "train_top1 needs a chance level: pass num_classes= or chance= to EarlyBird "
+                "(its output is not one logit per class), or give train_loss= instead"
+            )
         if train_top1 is not None:
             self.checked = True
             self.best_top1 = max(train_top1, self.best_top1 or 0.0)
@@ -87,7 +101,7 @@ class LearningCheck:
             return True
         needed_top1, needed_loss = self.top1_needed, self.loss_needed
         if train_top1 is not None and needed_top1 is not None:
-            met = train_top1 >= needed_top1
+            met = train_top1 >= needed_top1  # accuracy decides whenever it can
         elif train_loss is not None and needed_loss is not None:
             met = train_loss <= needed_loss
         else:
@@ -99,7 +113,7 @@ class LearningCheck:
     def describe(self) -> str:
         """Where the metrics stand against the criterion, for an error or a report line."""
         parts = []
-        if self.best_top1 is not None:
+        if self.best_top1 is not None and self.top1_needed is not None:
             needed = self.top1_needed
             parts.append(
                 f"best train top-1 {self.best_top1:.1%}"

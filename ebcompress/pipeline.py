@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,8 @@ def run_pipeline(
         if resume and _is_finished(_read_state(run_dir)):
             return write_report(run_dir) if dist.is_main() else {}
         try:
-            if resume and dist.is_main():
-                check_resume(run_dir, recipe, force=force_resume)
+            if resume:
+                _on_rank_0(lambda: check_resume(run_dir, recipe, force=force_resume))
             return _run(
                 recipe, run_dir, data_root=data_root, resume=resume, dev=dev, progress=progress
             )
@@ -251,6 +252,21 @@ def _check_ranks_agree(ticket: Ticket, device: torch.device) -> None:
             f"data-parallel ranks drew different tickets at p={ticket.ratio:g}; every rank must "
             "train the same replica (average BatchNorm statistics, seed the data the same)"
         )
+
+
+def _on_rank_0(check: Callable[[], object]) -> None:
+    """Run ``check`` on rank 0; its UserError is raised on every rank, so none of them goes
+    on into collectives the others never reach."""
+    message = None
+    if dist.is_main():
+        try:
+            check()
+        except UserError as exc:
+            message = str(exc)
+    if dist.is_initialized():
+        message = dist.broadcast_object(message)
+    if message is not None:
+        raise UserError(message)
 
 
 def _training_device(device: str | None) -> torch.device:

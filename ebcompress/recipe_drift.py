@@ -39,8 +39,12 @@ HARMLESS = frozenset(
         "export.dynamic_batch",
         "train.lr",
         "retrain.lr",
+        "data.skip_bad_images",  # the documented way past an unreadable image
     }
 )
+#: What a run directory written before a field existed did, where the field's default is not
+#: that behaviour; every other missing field's default reproduces the old behaviour.
+LEGACY = {"prune.max_group_ratio": 1.0, "retrain.schedule": "continue"}
 
 
 class Change(NamedTuple):
@@ -63,6 +67,21 @@ def recipe_changes(stored: Mapping[str, Any], given: Mapping[str, Any]) -> list[
     return changes
 
 
+def _with_missing_fields(
+    stored: Mapping[str, Any], given: Mapping[str, Any], prefix: str = ""
+) -> dict[str, Any]:
+    """``stored`` with the fields it predates filled in: :data:`LEGACY` values where the
+    default changed behaviour, the given values elsewhere (so they are no change)."""
+    out = dict(stored)
+    for key, value in given.items():
+        path = f"{prefix}{key}"
+        if key not in stored:
+            out[key] = LEGACY.get(path, value)
+        elif isinstance(value, Mapping) and isinstance(stored[key], Mapping):
+            out[key] = _with_missing_fields(stored[key], value, f"{path}.")
+    return out
+
+
 def check_resume(run_dir: Path, recipe: Recipe, *, force: bool = False) -> list[Change]:
     """Refuse a resume whose recipe changes the result (module docstring); record the rest.
 
@@ -79,7 +98,8 @@ def check_resume(run_dir: Path, recipe: Recipe, *, force: bool = False) -> list[
         raise UserError(
             f"{str(path)!r} is not a recipe any more; restore it or start afresh with --overwrite"
         )
-    changes = recipe_changes(stored, recipe.to_dict())
+    given = recipe.to_dict()
+    changes = recipe_changes(_with_missing_fields(stored, given), given)
     altering = [c for c in changes if c.field not in HARMLESS]
     if altering and not force:
         listed = "; ".join(f"{c.field}: {c.stored!r} -> {c.given!r}" for c in altering)

@@ -14,6 +14,9 @@ their group's importance (when the group has other BNs), and the ticket names th
 model itself is not touched: resetting those scales to 1 instead wrecks the training of
 some architectures (regnetx_002 on digits: a first-epoch loss of 11.5 and 19 % test top-1
 after 6 epochs, against 1.55 and 94 % with timm's init).
+
+The BN-L1 penalty still applies to those BNs: it pushes a residual branch's output towards
+zero, which is network slimming's own objective there; only their ranking weight is dropped.
 """
 
 from __future__ import annotations

@@ -108,6 +108,12 @@ def test_the_default_cap_keeps_a_tenth_of_every_group_and_names_it():
     assert ticket.num_kept == 20
 
 
+def test_a_cap_that_binds_is_named_even_when_round_to_rounds_past_it():
+    graph = ChannelGraph(_sunk_group_model(), X)
+    ticket = graph.draw(0.5, round_to=4, warn=False)  # conv1's floor 2 rounds up to 4
+    assert ticket.kept_counts()["conv1"] == 4 and ticket.capped == {"conv1": "max_group_ratio"}
+
+
 def test_max_group_ratio_one_is_the_papers_uncapped_global_threshold():
     model = _sunk_group_model()
     graph = ChannelGraph(model, X)

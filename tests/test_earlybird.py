@@ -40,6 +40,10 @@ class ScriptedGraph:
         self.fingerprint = structure_fingerprint(self.widths)
         self._script = {ratio: iter(masks) for ratio, masks in script.items()}
         self.draws: list[dict] = []
+        self.zero_init_bns: tuple[str, ...] = ()
+
+    def exclude_from_importance(self, bn_names) -> None:
+        self.zero_init_bns = tuple(bn_names)
 
     def bn_modules(self) -> list[nn.BatchNorm2d]:
         return []
@@ -299,6 +303,16 @@ def test_without_metrics_emergence_is_allowed_but_warned():
         assert bird.step() is True
 
 
+def test_a_percentage_or_an_unjudgeable_top1_is_a_user_error():
+    bird = _bird({0.3: [STABLE] * 2}, window=2, num_classes=10)
+    with pytest.raises(UserError, match=r"train_top1=12.0 must be a fraction"):
+        bird.step(train_top1=12.0)
+    blind = _bird({0.3: [STABLE] * 2}, window=2)  # nn.Identity: no logits, no chance level
+    with pytest.raises(UserError, match="pass num_classes= or chance="):
+        blind.step(train_top1=0.9)
+    assert blind.step(train_loss=2.0) is False  # the loss criterion still works
+
+
 def test_min_search_epochs_holds_emergence_back():
     bird = _bird({0.3: [STABLE] * 8}, window=2, min_search_epochs=6)
     assert _decisions(bird, 8) == [False] * 5 + [True] * 3
@@ -309,7 +323,8 @@ def test_the_class_count_is_read_from_the_model_output():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(7))
     model(torch.zeros(2, 3, 6, 6))
     bird = EarlyBird(model, torch.zeros(1, 3, 6, 6), 0.25)
-    assert bird.learning.num_classes == 7 and bird.learning.chance == pytest.approx(1 / 7)
+    assert bird.learning.chance == pytest.approx(1 / 7)
+    assert bird.learning.num_classes is None  # no ln(7) loss reference from a guess
     assert model.training  # the probing forward ran in eval mode and restored the flags
 
 
@@ -323,7 +338,8 @@ def test_zero_initialised_scales_are_left_alone_and_recorded():
     bird = EarlyBird(model, torch.zeros(1, 3, 6, 6), 0.25, window=2)
     assert not model[4].weight.any()  # the model trains as the user built it
     bird.step()
-    assert bird.latest_ticket().zero_init_bns == ("4",)
+    # its group has no other BN to be ranked by, so it is counted, and not claimed otherwise
+    assert bird.latest_ticket().zero_init_bns == ()
 
 
 def test_learning_state_survives_resume():
@@ -334,6 +350,24 @@ def test_learning_state_survives_resume():
     resumed = _bird({0.3: [STABLE] * 10}, window=2, num_classes=10)
     resumed.load_state_dict(_through_torch_save(bird.state_dict()))
     assert resumed.learning == bird.learning and resumed.learning.learned_epoch == 2
+
+
+def test_a_state_from_before_the_guard_resumes_unguarded():
+    bird = _bird({0.3: [STABLE] * 6}, window=2, num_classes=10)
+    bird.step()
+    state = bird.state_dict()
+    del state["learning"], state["unguarded"], state["zero_init_bns"]
+    resumed = _bird({0.3: [STABLE] * 6}, window=2, num_classes=10)
+    resumed.load_state_dict(state)
+    assert resumed.step(train_top1=0.05) is True  # as it would have before the guard existed
+
+
+def test_the_searchs_left_out_batchnorms_survive_resume():
+    bird = _bird({0.3: [STABLE] * 2}, window=2)
+    bird.graph.zero_init_bns = ("layer1.0.bn2",)
+    resumed = _bird({0.3: [STABLE] * 2}, window=2)
+    resumed.load_state_dict(bird.state_dict())
+    assert resumed.graph.zero_init_bns == ("layer1.0.bn2",)
 
 
 # ---------------------------------------------------------------------- resume

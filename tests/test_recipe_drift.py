@@ -70,3 +70,25 @@ def test_the_cli_refusal_is_one_line_exit_2(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1
     assert "prune.window: 5 -> 3" in err[0]
+
+
+def test_a_run_from_before_new_fields_is_compared_with_what_it_did(tmp_path) -> None:
+    run_dir = _unfinished_run(tmp_path / "run")
+    stored = (run_dir / "recipe.yaml").read_text()
+    old = stored.replace("  max_group_ratio: 0.9\n", "").replace("  schedule: restart\n", "")
+    old = old.replace("  learning_margin: 0.2\n", "")
+    assert old != stored
+    (run_dir / "recipe.yaml").write_text(old)
+    with pytest.raises(UserError) as caught:  # today's defaults would change what it did
+        check_resume(run_dir, load_recipe("quickstart"))
+    assert "prune.max_group_ratio: 1.0 -> 0.9" in str(caught.value)
+    assert "retrain.schedule: 'continue' -> 'restart'" in str(caught.value)
+    assert "learning_margin" not in str(caught.value)
+    same = ["prune.max_group_ratio=1.0", "retrain.schedule=continue"]
+    assert check_resume(run_dir, load_recipe("quickstart", same)) == []
+
+
+def test_skipping_bad_images_is_an_allowed_recovery(tmp_path) -> None:
+    run_dir = _unfinished_run(tmp_path / "run")
+    accepted = check_resume(run_dir, load_recipe("quickstart", ["data.skip_bad_images=true"]))
+    assert [c.field for c in accepted] == ["data.skip_bad_images"]

@@ -342,7 +342,7 @@ def test_slim_without_example_inputs_uses_the_shape_the_ticket_records() -> None
 def test_a_slim_timm_model_reports_its_new_width_and_resets_its_head() -> None:
     model = build_model("timm:resnet18", num_classes=10)
     x = torch.randn(1, 3, 32, 32)
-    slimmed = slim(model, draw_ticket(model, 0.5, example_inputs=x), x)
+    slimmed = slim(model, draw_ticket(model, 0.5, example_inputs=x, scope="uniform"), x)
     width = slimmed.get_classifier().in_features
     assert width < 512 and slimmed.num_features == width
     slimmed.reset_classifier(4)

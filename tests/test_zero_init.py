@@ -53,3 +53,11 @@ def test_the_residual_stream_is_ranked_by_its_other_batchnorms_and_the_model_is_
     # not sunk by the zeros: it loses about the global share, not all but one channel
     assert len(ticket.kept[stream.name]) > 0.25 * stream.width
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_an_importance_override_does_not_claim_the_batchnorms_were_left_out() -> None:
+    model = timm.create_model("resnet10t", num_classes=10)
+    graph = ChannelGraph(model, torch.randn(1, 3, 32, 32))
+    scores = {name: torch.rand(width) for name, width in graph.widths.items()}
+    assert graph.draw(0.3, importance=scores, warn=False).zero_init_bns == ()
+    assert graph.draw(0.3, warn=False).zero_init_bns == graph.zero_init_bns != ()
