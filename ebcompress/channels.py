@@ -13,7 +13,6 @@ prunable channels *globally* and removing the smallest fraction ``ratio`` (the p
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,11 +20,14 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ebcompress.capped import CappedGroupsWarning, capped_summary, warn_capped
 from ebcompress.errors import UserError
 from ebcompress.groups import ChannelGroup, GroupHandle, same_layers, trace_channel_groups
 from ebcompress.probe import find_unslimmable
 from ebcompress.ticket import Ticket, structure_fingerprint
 from ebcompress.zero_init import is_zero_initialised
+
+__all__ = ["CappedGroupsWarning", "ChannelGraph", "capped_summary", "draw_ticket", "warn_capped"]
 
 SCOPES = ("global", "uniform")
 #: Keep at least 10 % of every group unless asked otherwise (torch-pruning's max_pruning_ratio).
@@ -287,34 +289,6 @@ def draw_ticket(
     return graph.draw(
         ratio, scope=scope, min_keep=min_keep, max_group_ratio=max_group_ratio, round_to=round_to
     )
-
-
-class CappedGroupsWarning(UserWarning):
-    """A ticket has groups the global ranking wanted to shrink below ``max_group_ratio`` or
-    ``min_keep``: the requested ratio was met by pruning other groups harder."""
-
-
-def capped_summary(ticket: Ticket, limit: int = 4) -> str:
-    """One line naming the ticket's capped groups (at most ``limit``, then a count)."""
-    counts = ticket.kept_counts()
-    shown = [
-        f"{name} ({counts[name]}/{ticket.widths[name]}, {why})"
-        for name, why in list(ticket.capped.items())[:limit]
-    ]
-    more = len(ticket.capped) - len(shown)
-    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
-
-
-def warn_capped(ticket: Ticket) -> None:
-    """Emit a :class:`CappedGroupsWarning` when ``ticket`` has groups at their limit."""
-    if ticket.capped:
-        warnings.warn(
-            f"ticket at p={ticket.ratio:g}: {len(ticket.capped)} channel group(s) stopped at "
-            f"their limit: {capped_summary(ticket)}; the ranking wanted to prune them further "
-            "(raise prune.max_group_ratio to allow it, 1.0 = the paper's uncapped rule)",
-            CappedGroupsWarning,
-            stacklevel=3,
-        )
 
 
 def _check_draw_args(

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ebcompress.errors import UserError
-from ebcompress.pipeline import STATE_FILE, run_pipeline
+from ebcompress.pipeline import run_pipeline
 from ebcompress.plots_compare import plot_accuracy_vs_flops
 from ebcompress.recipe import Recipe, validate_recipe
 from ebcompress.report import REPORT_JSON, describe_saving
+from ebcompress.run_state import is_finished, read_state
 
 
 def run_dir_name(method: str, ratio: float) -> str:
@@ -29,11 +30,7 @@ def run_dir_name(method: str, ratio: float) -> str:
 
 
 def _is_finished(run_dir: Path) -> bool:
-    try:
-        state = json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return state.get("status") == "finished" and (run_dir / REPORT_JSON).is_file()
+    return is_finished(read_state(run_dir)) and (run_dir / REPORT_JSON).is_file()
 
 
 def run_compare(

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from ebcompress import distributed
-from ebcompress.channels import DEFAULT_MAX_GROUP_RATIO, ChannelGraph, warn_capped
+from ebcompress.capped import warn_capped
+from ebcompress.channels import DEFAULT_MAX_GROUP_RATIO, ChannelGraph
 from ebcompress.errors import UserError
 from ebcompress.groups import modes_preserved
 from ebcompress.learning import DEFAULT_MARGIN, LearningCheck
@@ -365,15 +366,23 @@ def mask_digest(mask: np.ndarray) -> int:
     return int.from_bytes(digest, "little") >> 2
 
 
-def _check_ranks_agree(masks: dict[float, np.ndarray], epoch: int, device: torch.device) -> None:
-    """UserError on every rank when data-parallel ranks drew different masks: the min and the
-    max of each mask's digest over ranks (one all-reduce of digests and their negations)."""
+def ratios_differing_across_ranks(
+    masks: dict[float, np.ndarray], device: torch.device
+) -> list[float]:
+    """The ratios whose masks are not the same on every data-parallel rank ([] outside DDP):
+    the min and the max of each mask's digest over ranks, in one all-reduce of the digests
+    and their negations."""
     if not distributed.is_initialized():
-        return
+        return []
     digests = torch.tensor([mask_digest(m) for m in masks.values()], dtype=torch.int64)
     extremes = distributed.all_reduce_min(torch.cat([digests, -digests]).to(device)).tolist()
     lowest, highest = extremes[: len(masks)], [-e for e in extremes[len(masks) :]]
-    differing = [r for r, lo, hi in zip(masks, lowest, highest, strict=True) if lo != hi]
+    return [r for r, lo, hi in zip(masks, lowest, highest, strict=True) if lo != hi]
+
+
+def _check_ranks_agree(masks: dict[float, np.ndarray], epoch: int, device: torch.device) -> None:
+    """UserError on every rank when data-parallel ranks drew different masks."""
+    differing = ratios_differing_across_ranks(masks, device)
     if differing:
         raise UserError(
             f"Early-Bird epoch {epoch}: data-parallel ranks drew different masks at ratio "

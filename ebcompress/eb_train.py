@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ebcompress import distributed
-from ebcompress.channels import warn_capped
+from ebcompress.capped import warn_capped
 from ebcompress.earlybird import EarlyBird
 from ebcompress.engine import EpochStats
 from ebcompress.method import (

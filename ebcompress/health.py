@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ebcompress.channels import capped_summary
+from ebcompress.capped import capped_summary
 from ebcompress.ticket import Ticket
 
 FAILED_DROP = 0.05  # 5 points of top-1 below the dense network at the ticket's epoch

@@ -11,11 +11,8 @@ one in docs/architecture.md::
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
-import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ from torch import nn
 from ebcompress import distributed as dist
 from ebcompress.data import DataSplit, load_data, skipped_images
 from ebcompress.divergence import DivergenceError
-from ebcompress.earlybird import mask_digest
+from ebcompress.earlybird import ratios_differing_across_ranks
 from ebcompress.engine import Trainer
 from ebcompress.errors import UserError
 from ebcompress.export import ModelSpec, default_path, export, export_bundle
@@ -45,13 +42,18 @@ from ebcompress.progress import log
 from ebcompress.recipe import Recipe, TrainConfig
 from ebcompress.recipe_drift import check_resume
 from ebcompress.report import write_report
-from ebcompress.run_lock import LOCK_FILE, refuse_if_locked, run_lock
+from ebcompress.run_lock import run_lock
+from ebcompress.run_state import (
+    is_finished,
+    prepare_run_dir,
+    read_state,
+    record_divergence,
+    write_state,
+)
 from ebcompress.search_result import load_search_result, save_search_result
 from ebcompress.slim import slim
 from ebcompress.ticket import Ticket
 from ebcompress.zero_init import find_zero_init_bn
-
-STATE_FILE = "state.json"
 
 
 def run_pipeline(
@@ -76,10 +78,10 @@ def run_pipeline(
     run_dir = Path(out_dir)
     dev = _training_device(device)
     if dist.is_main():
-        _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     dist.barrier()
     with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():
-        if resume and _is_finished(_read_state(run_dir)):
+        if resume and is_finished(read_state(run_dir)):
             return write_report(run_dir) if dist.is_main() else {}
         try:
             if resume:
@@ -88,7 +90,7 @@ def run_pipeline(
                 recipe, run_dir, data_root=data_root, resume=resume, dev=dev, progress=progress
             )
         except DivergenceError as exc:
-            _record_divergence(run_dir, str(exc))
+            record_divergence(run_dir, str(exc))
             raise
 
 
@@ -137,12 +139,12 @@ def _run(
         build_dense=lambda: build_dense(seed_offset=1),
         initial_state={k: v.detach().clone() for k, v in model.state_dict().items()},
     )
-    _write_state(run_dir, {"status": "search", "method": method.key})
+    write_state(run_dir, {"status": "search", "method": method.key})
     _seed_phase(recipe.seed, "search")
     outcome, plan = _search(method, run)
     slim_model = _slim_for_retrain(run, outcome, plan)
     slim_cost = count_flops(slim_model, input_size)
-    _write_state(run_dir, {"status": "retrain", "method": method.key})
+    write_state(run_dir, {"status": "retrain", "method": method.key})
     _seed_phase(recipe.seed, "retrain")
     trainer = Trainer(
         slim_model,
@@ -208,7 +210,7 @@ def _run(
     results["cost"]["saving_vs_dense"] = results["cost"]["dense_reference_flops"] / max(
         ledger.total_flops, 1
     )
-    _write_state(run_dir, {"status": "finished", "method": method.key, "results": results})
+    write_state(run_dir, {"status": "finished", "method": method.key, "results": results})
     return write_report(run_dir)
 
 
@@ -239,15 +241,9 @@ def _search(method: Method, run: RunContext) -> tuple[SearchOutcome, RetrainPlan
 
 
 def _check_ranks_agree(ticket: Ticket, device: torch.device) -> None:
-    """Every data-parallel rank must retrain the same ticket (EB checks every epoch's mask;
-    the baselines' tickets are checked here): min and max of the mask's digest over ranks."""
-    if not dist.is_initialized():
-        return
-    digest = mask_digest(ticket.mask())
-    lowest, negated = dist.all_reduce_min(
-        torch.tensor([digest, -digest], dtype=torch.int64, device=device)
-    ).tolist()
-    if lowest != -negated:
+    """Every data-parallel rank must retrain the same ticket (EB checks every epoch's masks;
+    the baselines' tickets are checked here)."""
+    if ratios_differing_across_ranks({ticket.ratio: ticket.mask()}, device):
         raise UserError(
             f"data-parallel ranks drew different tickets at p={ticket.ratio:g}; every rank must "
             "train the same replica (average BatchNorm statistics, seed the data the same)"
@@ -374,71 +370,3 @@ def _results(
         },
         "cost": ledger.to_dict(),
     }
-
-
-# ----------------------------------------------------------------------------- run directory
-
-
-def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {str(run_dir)!r} is a file, not a folder; choose another --out")
-    state = _read_state(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        refuse_if_locked(run_dir)  # a second writer hears of the first whatever its flags
-        if overwrite:
-            shutil.rmtree(run_dir)
-        elif state is None and not any(
-            (run_dir / name).exists() for name in ("recipe.yaml", LOCK_FILE)
-        ):  # a run killed before it wrote recipe.yaml leaves only its lock
-            raise UserError(
-                f"--out {str(run_dir)!r} is a non-empty folder that holds no ebcompress run; "
-                "choose another --out"
-            )
-        elif _is_finished(state) and not resume:
-            raise UserError(
-                f"{str(run_dir)!r} already holds a finished run; use --overwrite or another --out"
-            )
-        elif not resume:
-            raise UserError(
-                f"{str(run_dir)!r} holds an unfinished run; continue it with --resume "
-                "or start afresh with --overwrite"
-            )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"cannot create --out {str(run_dir)!r} ({exc.strerror or exc}); choose another --out"
-        ) from None
-
-
-def _read_state(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-
-
-def _is_finished(state: dict[str, Any] | None) -> bool:
-    return state is not None and state.get("status") == "finished"
-
-
-def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
-    """Replace state.json atomically; the divergences recorded so far are carried over."""
-    if not dist.is_main():
-        return
-    divergences = (_read_state(run_dir) or {}).get("divergences")
-    if divergences and "divergences" not in state:
-        state = {**state, "divergences": divergences}
-    state = {**state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = run_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / STATE_FILE)
-
-
-def _record_divergence(run_dir: Path, message: str) -> None:
-    """Keep a diverged phase's message in state.json: the report names it after a resume."""
-    state = _read_state(run_dir) or {"status": "search"}
-    _write_state(run_dir, {**state, "divergences": [*state.get("divergences", []), message]})

@@ -5,7 +5,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ebcompress"
 CORE = ("ticket", "channels", "groups", "probe", "tp_compat", "sparsity", "earlybird", "slim")
-CORE += ("flops", "learning", "zero_init", "mask_history")
+CORE += ("flops", "learning", "zero_init", "mask_history", "capped")
 SHELL = ("cli", "recipe", "recipes", "pipeline", "method", "eb_train", "compare", "report")
 SHELL += ("plots", "plots_compare", "baselines")
 
