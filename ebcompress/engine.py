@@ -7,6 +7,16 @@ and, given a run directory, writes ``metrics.jsonl`` and an atomic checkpoint pe
 from which :meth:`Trainer.fit` resumes bit-exactly (the shuffle order of epoch ``e`` is a
 function of ``(seed, e)``, and every RNG state is checkpointed).
 
+``train.checkpoint_every`` adds checkpoints inside an epoch, and SIGTERM / SIGINT during
+:meth:`Trainer.fit` finish the step in flight, write one and raise
+:class:`~ebcompress.preemption.Preempted`. Such a checkpoint also holds the step reached, each
+rank's per-step losses, hits and batch sizes so far, and each rank's RNG states. A resume
+rebuilds the epoch's loader iterator exactly as the epoch began (same sampler epoch, same
+loader-generator seed), fetches and discards the batches already trained (which replays the
+sampler and the workers' own RNG streams), then restores the RNG states of that step, so the
+rest of the epoch draws what an uninterrupted run draws. The energy of an epoch resumed part
+way is not measured (None), never a part passed off as the whole.
+
 Under ``torchrun`` the model is wrapped in DistributedDataParallel, metrics are summed over
 ranks before they are divided, and only rank 0 writes files or prints (and reads checkpoints,
 which it broadcasts). Each epoch's training pass is metered with the hardware energy counters
@@ -44,6 +54,12 @@ from ebcompress.errors import UserError
 from ebcompress.metrics_file import append_entry, truncate_phase
 from ebcompress.optim import build_optimizer, build_scheduler, rebase_lr
 from ebcompress.precision import precision_policy
+from ebcompress.preemption import (
+    CheckpointEvery,
+    Preempted,
+    StopSignals,
+    parse_checkpoint_every,
+)
 from ebcompress.progress import TrainingProgress, log
 from ebcompress.recipe import TrainConfig
 
@@ -55,6 +71,12 @@ __all__ = ["Callback", "EpochStats", "Trainer", "build_optimizer", "build_schedu
 
 CHECKPOINT_FORMAT = 1
 _HEALTH_EVERY = 32  # steps between checks for a non-finite loss (and live-bar updates)
+# Under DDP the ranks agree on "stop now" / "checkpoint now (by the clock)" with one 2-value
+# all-reduce every this many steps. Its .tolist() waits for the device, so doing it every
+# step would stop the host queueing kernels ahead; every 8 steps that stall is amortised,
+# and a SIGTERM waits at most 7 more steps (well inside a scheduler's grace period). Step
+# counts (checkpoint_every: N steps) need no agreement: every rank counts the same steps.
+_AGREE_EVERY = 8
 
 
 @dataclass(frozen=True)
@@ -249,6 +271,8 @@ class Trainer:
         self.last_epoch = start_epoch
         self.stopped_early = False
         self._saved_epoch: int | None = None
+        self._signals = StopSignals()  # replaced (fresh flag, handlers installed) by fit()
+        self._partial: dict[str, Any] | None = None  # a mid-epoch resume's state, see _run_epoch
         self._skipped_images: set[str] = set()  # unreadable files already logged
 
     def _build_loaders(self, num_workers: int) -> None:
@@ -290,10 +314,21 @@ class Trainer:
         """Train the phase (or its remainder when resuming); the phase's full history.
 
         A phase whose checkpoint stopped early or reached ``end_epoch`` is not re-run: its
-        saved history is returned (and its model, ledger and callback states are loaded).
+        saved history is returned (and its model, ledger and callback states are loaded). A
+        mid-epoch checkpoint continues its epoch at the next step.
+
+        With a run directory, SIGTERM or SIGINT ends the step in flight, saves a checkpoint
+        (rank 0) and raises :class:`~ebcompress.preemption.Preempted` on every rank; the
+        previous signal handlers are restored when this returns or raises.
         """
+        # Only a run that can checkpoint turns signals into a clean stop; otherwise the
+        # caller's own SIGINT/SIGTERM behaviour is left alone.
+        self._signals = StopSignals()
         try:
-            return self._fit(resume)
+            if self.checkpoint_path is None:
+                return self._fit(resume)
+            with self._signals:
+                return self._fit(resume)
         finally:
             if self.energy.running:  # an epoch that raised
                 self.energy.stop()
@@ -301,9 +336,11 @@ class Trainer:
 
     def _fit(self, resume: bool) -> list[EpochStats]:
         state = self._read_checkpoint() if resume and self.checkpoint_path else None
+        self._partial = None
         if state is not None:
             self._load_state(state)
-            if self.stopped_early or self.last_epoch >= self.end_epoch:
+            self._partial = self._partial_for_this_rank(state.get("partial"))
+            if self._partial is None and (self.stopped_early or self.last_epoch >= self.end_epoch):
                 return list(self.history)
         elif self.checkpoint_path is not None and distributed.is_main():
             remove_checkpoints(self.checkpoint_path)
@@ -317,8 +354,10 @@ class Trainer:
                 self._log_skipped_images(epoch)
                 self.history.append(stats)
                 self.last_epoch = epoch
-                self.stopped_early = self._ask_callbacks_to_stop(epoch, stats)
+                self.stopped_early, signalled = self._ask_callbacks_to_stop(epoch, stats)
                 self._record(stats, finished=self.stopped_early or epoch == self.end_epoch)
+                if signalled:
+                    raise self._preempted(f"after {self.phase} epoch {epoch} of {self.end_epoch}")
                 if self.stopped_early:
                     break
         return list(self.history)
@@ -355,6 +394,10 @@ class Trainer:
     # ------------------------------------------------------------------------- one epoch
 
     def _run_epoch(self, epoch: int, bar: TrainingProgress) -> EpochStats:
+        """Train and evaluate one epoch. ``self._partial`` (this rank's part of a mid-epoch
+        checkpoint of this epoch, set by a resume) continues it after the steps it already
+        trained; it is consumed here, so only the first epoch of a resume uses it."""
+        partial, self._partial = self._partial, None
         self.train_sampler.set_epoch(epoch - 1)
         self.loader_generator.manual_seed(_epoch_seed(self.seed, epoch - 1))
         hooks = [cb.after_backward for cb in self.callbacks if hasattr(cb, "after_backward")]
@@ -367,9 +410,28 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.net.train()
         bar.begin_epoch(epoch, steps)
-        start = time.perf_counter()
+        batches = iter(self.train_loader)
+        done, earlier_seconds = 0, 0.0
+        if partial is not None:
+            # Replay the loader to where the checkpoint stood (sampler position, worker RNG
+            # streams, and any main-process augmentation RNG it consumes), THEN put back the
+            # RNG states of that step: the next batch and dropout draw what they drew then.
+            done = partial["step"]
+            for _ in range(done):
+                next(batches)
+                bar.advance()
+            restore_rng_state(partial["rng"])
+            losses = [v.to(self.device) for v in partial["losses"].unbind()]
+            corrects = [v.to(self.device) for v in partial["corrects"].unbind()]
+            batch_sizes = list(partial["batch_sizes"])
+            earlier_seconds = float(partial["seconds"])
+            watch.folded = done  # those losses were checked finite before they were saved
+        every = parse_checkpoint_every(self.cfg.checkpoint_every)
+        can_save = self.checkpoint_path is not None
+        last_save = time.monotonic()
+        start = time.perf_counter() - earlier_seconds
         self.energy.start()
-        for step, batch in enumerate(self.train_loader):
+        for step, batch in enumerate(batches, start=done):
             images, labels = self._to_device(*batch)
             with self.precision.autocast():
                 logits = self.net(images)
@@ -400,12 +462,27 @@ class Trainer:
                         / sum(batch_sizes[-_HEALTH_EVERY:]),
                         sum(batch_sizes) / (time.perf_counter() - start),
                     )
+            if not can_save or step + 1 == steps:
+                continue  # the end-of-epoch checkpoint follows (and handles a late signal)
+            signum, clock_due = self._agree(step, every, last_save)
+            if signum or clock_due or (every.steps and (step + 1) % every.steps == 0):
+                self._raise_if_nonfinite(watch.finish(losses), epoch, steps)
+                self._save_partial(epoch, step + 1, steps, losses, corrects, batch_sizes, start)
+                last_save = time.monotonic()
+                if signum:
+                    # A rank that was not signalled itself names the signal the ranks agreed on.
+                    self._signals.signum = self._signals.signum or signum
+                    raise self._preempted(
+                        f"at {self.phase} epoch {epoch}, step {step + 1} of {steps}"
+                    )
         self._raise_if_nonfinite(watch.finish(losses), epoch, steps)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the energy of queued kernels belongs here
         rank_joules = self.energy.stop()
         sizes = torch.tensor(batch_sizes, dtype=torch.float64, device=self.device)
-        energy = [rank_joules or 0.0, float(not self._energy_covered), float(self.energy.measured)]
+        # A resumed epoch's meter saw only its second part: "not measured", not a part.
+        uncovered = not self._energy_covered or partial is not None
+        energy = [rank_joules or 0.0, float(uncovered), float(self.energy.measured)]
         totals = torch.cat(
             [
                 torch.stack(
@@ -474,13 +551,39 @@ class Trainer:
             "`--resume --set train.lr=...`"
         )
 
-    def _ask_callbacks_to_stop(self, epoch: int, stats: EpochStats) -> bool:
+    def _ask_callbacks_to_stop(self, epoch: int, stats: EpochStats) -> tuple[bool, bool]:
+        """(a callback stops the phase, a signal asks to stop the run), agreed by all ranks."""
         votes = [
             cb.end_of_epoch(epoch, stats) for cb in self.callbacks if hasattr(cb, "end_of_epoch")
         ]
         # Every rank must leave the loop together, so one rank's stop stops all.
-        flag = torch.tensor([float(any(votes))], device=self.device)
-        return bool(distributed.all_reduce_sum(flag).item() > 0)
+        flags = torch.tensor([float(any(votes)), float(self._signals.signum)], device=self.device)
+        stop, signalled = (distributed.all_reduce_sum(flags) > 0).tolist()
+        return bool(stop), bool(signalled)
+
+    def _agree(self, step: int, every: CheckpointEvery, last_save: float) -> tuple[int, bool]:
+        """(signal number or 0, the clock says checkpoint), the same on every rank.
+
+        Alone, the local flag is read every step (free). Under DDP the ranks agree every
+        ``_AGREE_EVERY`` steps and at every step-count checkpoint (see ``_AGREE_EVERY``).
+        """
+        signum = self._signals.signum
+        clock_due = bool(every.seconds) and time.monotonic() - last_save >= every.seconds
+        if not distributed.is_initialized():
+            return signum, clock_due
+        counted = bool(every.steps) and (step + 1) % every.steps == 0
+        if (step + 1) % _AGREE_EVERY and not counted:
+            return 0, False
+        # all_reduce_min of negated values: the largest signal number and any rank's clock.
+        flags = torch.tensor([-float(signum), -float(clock_due)], device=self.device)
+        low_signum, low_due = distributed.all_reduce_min(flags).tolist()
+        return int(-low_signum), low_due < 0
+
+    def _preempted(self, where: str) -> Preempted:
+        saved = f"checkpoint saved in {self.checkpoint_path.parent}"
+        return Preempted(
+            f"stopped by {self._signals.name} {where}; {saved}; continue with --resume"
+        )
 
     def _restore_batchnorms(self) -> None:
         """Put the model's own BatchNorm modules back in place of their SyncBatchNorm copies."""
@@ -504,6 +607,55 @@ class Trainer:
         append_entry(self.metrics_path, stats.to_dict())
         save_checkpoint(self._state(finished), self.checkpoint_path)
         self._saved_epoch = stats.epoch
+
+    def _save_partial(
+        self,
+        epoch: int,
+        step: int,
+        steps: int,
+        losses: list[torch.Tensor],
+        corrects: list[torch.Tensor],
+        batch_sizes: list[int],
+        start: float,
+    ) -> None:
+        """A checkpoint after ``step`` of ``steps`` steps of ``epoch`` (collective under DDP;
+        rank 0 writes). BatchNorm buffers need no per-rank copy: DDP broadcasts rank 0's at
+        every forward, so the other ranks' mid-epoch buffers never reach the result."""
+        mine = {
+            "losses": torch.stack(losses).cpu(),
+            "corrects": torch.stack(corrects).cpu(),
+            "batch_sizes": list(batch_sizes),
+            "seconds": time.perf_counter() - start,
+            "rng": capture_rng_state(),
+        }
+        ranks = [mine]
+        if distributed.is_initialized():
+            ranks = [None] * distributed.world_size()
+            torch.distributed.all_gather_object(ranks, mine)
+        if not distributed.is_main():
+            return
+        state = self._state(finished=False)
+        state["partial"] = {"epoch": epoch, "step": step, "steps": steps, "ranks": ranks}
+        save_checkpoint(state, self.checkpoint_path)
+
+    def _partial_for_this_rank(self, partial: dict[str, Any] | None) -> dict[str, Any] | None:
+        """This rank's part of a mid-epoch checkpoint; UserError where it cannot continue."""
+        if partial is None:
+            return None
+        where, saved_world = self.checkpoint_path, len(partial["ranks"])
+        if saved_world != distributed.world_size():
+            raise UserError(
+                f"checkpoint {where} stopped inside epoch {partial['epoch']} with "
+                f"{saved_world} process(es); resume with {saved_world} (torchrun "
+                f"--nproc_per_node={saved_world}) to continue it exactly"
+            )
+        if partial["steps"] != len(self.train_loader):
+            raise UserError(
+                f"checkpoint {where} stopped at step {partial['step']} of {partial['steps']} "
+                f"of epoch {partial['epoch']}, but an epoch now has {len(self.train_loader)} "
+                "steps; resume with the batch size and data it was written with"
+            )
+        return {**partial["ranks"][distributed.rank()], "step": partial["step"]}
 
     def _state(self, finished: bool) -> dict[str, Any]:
         return {

@@ -18,9 +18,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ebcompress.errors import UserError
+from ebcompress.preemption import parse_checkpoint_every
 
 Precision = Literal["fp32", "bf16", "fp16", "bfp8"]
 
@@ -109,6 +117,15 @@ class TrainConfig(_Section):
     channels_last: bool = False
     sync_bn: bool = False
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # Mid-epoch checkpoints: steps (500, "500steps") or wall time ("30min"); None: per epoch.
+    checkpoint_every: int | str | None = None
+
+    @field_validator("checkpoint_every", mode="before")
+    @classmethod
+    def _checkpoint_interval(cls, value: Any) -> Any:
+        # Before pydantic's coercion, so true or 1.5 get the message naming the forms too.
+        parse_checkpoint_every(value)  # ValueError naming the accepted forms
+        return value
 
     @model_validator(mode="after")
     def _milestones_inside_schedule(self) -> TrainConfig:

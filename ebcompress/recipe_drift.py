@@ -40,6 +40,7 @@ HARMLESS = frozenset(
         "train.lr",
         "retrain.lr",
         "data.skip_bad_images",  # the documented way past an unreadable image
+        "train.checkpoint_every",  # when to save, not what is computed
     }
 )
 #: What a run directory written before a field existed did, where the field's default is not
