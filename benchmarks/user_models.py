@@ -66,6 +66,7 @@ from ebcompress.data import load_data  # noqa: E402
 from ebcompress.engine import Trainer  # noqa: E402
 from ebcompress.errors import UserError  # noqa: E402
 from ebcompress.flops import count_flops  # noqa: E402
+from ebcompress.method import chance_top1  # noqa: E402
 from ebcompress.models import build_model  # noqa: E402
 from ebcompress.recipe import Recipe, load_recipe, parse_overrides  # noqa: E402
 
@@ -260,7 +261,7 @@ def dense_reference(
         "epochs": recipe.train.epochs,
         "test_images": final["samples"],
         "num_classes": data.num_classes,
-        "chance_top1": _chance(data),
+        "chance_top1": chance_top1(data),
         "params": cost.params,
         "macs": cost.macs,
         "zero_init_bns": len(zero_bns),
@@ -275,15 +276,6 @@ def dense_reference(
     _write_json(done, record)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished: dense.json is the record
     return record
-
-
-def _chance(data: Any) -> float:
-    """The library's chance level (most frequent training class) where it has one."""
-    try:
-        from ebcompress.method import chance_top1
-    except ImportError:
-        return 1.0 / data.num_classes
-    return float(chance_top1(data))
 
 
 def _seed_globals(seed: int) -> None:
