@@ -100,6 +100,18 @@ class DataConfig(_Section):
     std: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1)
     skip_bad_images: bool = False
 
+    @model_validator(mode="after")
+    def _normalisation_in_unit_range(self) -> DataConfig:
+        # images are read as 0..1: ImageNet's 123.7 / 58.4 in 0..255 units would pass silently
+        for field, values in (("mean", self.mean), ("std", self.std)):
+            bad = [v for v in values or () if not 0 <= v <= 1]
+            if bad:
+                raise ValueError(
+                    f"{field} {bad} must be in 0..1 units (images are scaled to 0..1); divide "
+                    "0..255 values by 255"
+                )
+        return self
+
 
 class TrainConfig(_Section):
     """The dense schedule. Milestones are epochs, as in the paper (80, 120 of 160)."""

@@ -503,7 +503,7 @@ def test_mean_std_override_and_its_length_check(tmp_path: Path) -> None:
     message = user_error(lambda: load_data(cfg("digits", image_size=8, mean=[0.1, 0.2, 0.3])))
     assert "data.mean has 3 values but digits images have 1 channel" in message
     write_fake_imagefolder(tmp_path, classes=("a", "b"), per_class=(1, 1))
-    message = user_error(lambda: load_data(cfg("imagefolder", std=[1, 2]), root=str(tmp_path)))
+    message = user_error(lambda: load_data(cfg("imagefolder", std=[0.2, 0.3]), root=str(tmp_path)))
     assert "data.std has 2 values" in message and "give 1 value or 3" in message
 
 

@@ -121,3 +121,9 @@ def test_an_empty_recipe_is_refused_with_a_way_to_start(tmp_path, text) -> None:
     with pytest.raises(UserError, match="the recipe is empty; start from a shipped recipe") as err:
         load_recipe(str(path))
     assert "base: quickstart" in str(err.value) and str(path) in str(err.value)
+
+
+def test_normalisation_in_0_255_units_is_refused() -> None:
+    with pytest.raises(UserError, match=r"data.*mean \[123.7, 116.3, 103.5\] must be in 0..1"):
+        load_recipe("quickstart", ["data.mean=[123.7,116.3,103.5]"])
+    assert load_recipe("quickstart", ["data.std=[0.5]"]).data.std == [0.5]
