@@ -175,11 +175,6 @@ def _default_energy_counters(device: torch.device) -> tuple[list[EnergyCounter],
     return counters, bool(counters)
 
 
-def _restore_ledger(ledger: TrainingLedger, data: dict[str, Any]) -> None:
-    # In place, because the caller holds this object and reads it after the phase.
-    vars(ledger).update(vars(type(ledger).from_dict(data)))
-
-
 class Trainer:
     """Trains ``model`` for one phase; see the module docstring for what it writes.
 
@@ -707,7 +702,7 @@ class Trainer:
             self.precision.load_state_dict(state["precision"])
         restore_rng_state(state["rng"])
         if self.ledger is not None and state["ledger"] is not None:
-            _restore_ledger(self.ledger, state["ledger"])
+            self.ledger.restore(state["ledger"])
         for callback, saved in zip(self.callbacks, state["callbacks"], strict=False):
             if saved is not None and hasattr(callback, "load_state_dict"):
                 callback.load_state_dict(saved)

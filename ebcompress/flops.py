@@ -304,6 +304,11 @@ class TrainingLedger:
             "total_joules": self.total_joules,
         }
 
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace this ledger's phases with :meth:`to_dict` output, in place (the ledger
+        object is shared by every phase of a run)."""
+        vars(self).update(vars(type(self).from_dict(data)))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingLedger:
         """Inverse of :meth:`to_dict` (derived totals are recomputed, not read)."""

@@ -222,7 +222,7 @@ def _search(method: Method, run: RunContext) -> tuple[SearchOutcome, RetrainPlan
     saved = dist.broadcast_object(saved) if dist.is_initialized() else saved
     if saved is not None:
         outcome, plan, ledger = saved
-        vars(run.ledger).update(vars(TrainingLedger.from_dict(ledger)))
+        run.ledger.restore(ledger)
         log(
             f"search already finished: its ticket and retrain start are read from "
             f"{run_dir / 'search_result'}"
