@@ -294,14 +294,22 @@ def draw_ticket(
 def _check_draw_args(
     ratio: float, scope: str, min_keep: int, round_to: int | None, max_group_ratio: float
 ) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(
+            f"pruning ratio {ratio} must be in [0, 1) (the fraction of channels removed)"
+        )
+    check_draw_options(scope, min_keep, round_to, max_group_ratio)
+
+
+def check_draw_options(
+    scope: str, min_keep: int, round_to: int | None, max_group_ratio: float
+) -> None:
+    """UserError for a draw option :meth:`ChannelGraph.draw` would refuse (callers that draw
+    later, such as :class:`ebcompress.EarlyBird`, check before training starts)."""
     if not 0.0 < max_group_ratio <= 1.0:
         raise UserError(
             f"max_group_ratio={max_group_ratio} must be in (0, 1] (the largest fraction of one "
             "group that may be removed; 1.0 = no cap)"
-        )
-    if not 0.0 <= ratio < 1.0:
-        raise UserError(
-            f"pruning ratio {ratio} must be in [0, 1) (the fraction of channels removed)"
         )
     if scope not in SCOPES:
         raise UserError(f"pruning scope {scope!r} must be one of {', '.join(SCOPES)}")

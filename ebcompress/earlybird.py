@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ebcompress import distributed
 from ebcompress.capped import warn_capped
-from ebcompress.channels import DEFAULT_MAX_GROUP_RATIO, ChannelGraph
+from ebcompress.channels import DEFAULT_MAX_GROUP_RATIO, ChannelGraph, check_draw_options
 from ebcompress.errors import UserError
 from ebcompress.groups import modes_preserved
 from ebcompress.learning import DEFAULT_MARGIN, LearningCheck
@@ -110,12 +110,7 @@ class EarlyBird:
                 f"Early-Bird epsilon {epsilon!r} must lie in (0, 1] (the paper uses 0.1)"
             )
         # Checked here as well as in draw(): a mistake should not cost a first epoch of training.
-        if scope not in ("global", "uniform"):
-            raise UserError(f"pruning scope {scope!r} must be 'global' or 'uniform'")
-        if min_keep < 1 or (round_to is not None and round_to < 1):
-            raise UserError(f"min_keep={min_keep} and round_to={round_to} must be >= 1 (or null)")
-        if not 0 < max_group_ratio <= 1:
-            raise UserError(f"max_group_ratio={max_group_ratio} must be in (0, 1] (1.0 = no cap)")
+        check_draw_options(scope, min_keep, round_to, max_group_ratio)
         if min_search_epochs < 0:
             raise UserError(f"min_search_epochs={min_search_epochs} must be >= 0")
         self.min_search_epochs = int(min_search_epochs)
