@@ -4,7 +4,7 @@ Every baseline trains (or probes) the recipe's dense network through the same en
 ledger as Early-Bird, so their costs are measured the same way. Channel-granularity variants
 turn per-weight scores (weight magnitude, SNIP sensitivity) into per-channel scores over the
 layers whose *output* channels form each prunable group (:func:`group_layers`), normalise them
-within each group, and let :meth:`ebcompress.channels.ChannelGraph.draw` rank them.
+within each group, and let :meth:`ebcompress.channels.graph.ChannelGraph.draw` rank them.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from torch.utils.data import DataLoader
 
-from ebcompress.channels import ChannelGraph
-from ebcompress.distributed import unwrap
-from ebcompress.groups import trace_channel_groups
-from ebcompress.method import RunContext
+from ebcompress.channels.graph import ChannelGraph
+from ebcompress.channels.groups import trace_channel_groups
+from ebcompress.engine.distributed import unwrap
+from ebcompress.methods.base import RunContext
 from ebcompress.recipe import Recipe
 
 

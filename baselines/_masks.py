@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
-from ebcompress.channels import ChannelGraph
-from ebcompress.distributed import unwrap
+from ebcompress.channels.graph import ChannelGraph
+from ebcompress.channels.ticket import Ticket
+from ebcompress.engine.distributed import unwrap
 from ebcompress.errors import UserError
-from ebcompress.ticket import Ticket
 
 MASK_STATE_FORMAT = 1
 

@@ -45,9 +45,15 @@ from ebcompress.baselines._masks import (
     prunable_weights,
     weight_sparsity,
 )
-from ebcompress.distributed import unwrap
+from ebcompress.engine.distributed import unwrap
 from ebcompress.errors import UserError
-from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, register_method, train_dense
+from ebcompress.methods.base import (
+    RetrainPlan,
+    RunContext,
+    SearchOutcome,
+    register_method,
+    train_dense,
+)
 
 
 class RewindSnapshot:

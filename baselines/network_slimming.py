@@ -20,9 +20,15 @@ from typing import ClassVar
 from torch import Tensor
 
 from ebcompress.baselines._common import AfterBackward, channel_graph, draw_options
-from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, register_method, train_dense
+from ebcompress.earlybird.sparsity import BNL1Regularizer
+from ebcompress.methods.base import (
+    RetrainPlan,
+    RunContext,
+    SearchOutcome,
+    register_method,
+    train_dense,
+)
 from ebcompress.recipe import Recipe
-from ebcompress.sparsity import BNL1Regularizer
 
 
 def finetune_plan(recipe: Recipe, start_state: dict[str, Tensor] | None = None) -> RetrainPlan:

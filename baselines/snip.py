@@ -51,9 +51,9 @@ from ebcompress.baselines._masks import (
     prunable_weights,
     weight_sparsity,
 )
-from ebcompress.distributed import unwrap
-from ebcompress.groups import modes_preserved
-from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, register_method
+from ebcompress.channels.groups import modes_preserved
+from ebcompress.engine.distributed import unwrap
+from ebcompress.methods.base import RetrainPlan, RunContext, SearchOutcome, register_method
 
 
 def connection_sensitivity(

@@ -45,9 +45,15 @@ from ebcompress.baselines._common import (
 )
 from ebcompress.baselines._masks import prunable_weights
 from ebcompress.baselines.network_slimming import finetune_plan
-from ebcompress.distributed import unwrap
-from ebcompress.groups import modes_preserved
-from ebcompress.method import RetrainPlan, RunContext, SearchOutcome, register_method, train_dense
+from ebcompress.channels.groups import modes_preserved
+from ebcompress.engine.distributed import unwrap
+from ebcompress.methods.base import (
+    RetrainPlan,
+    RunContext,
+    SearchOutcome,
+    register_method,
+    train_dense,
+)
 
 
 class _Captured(Exception):

@@ -4,7 +4,7 @@ One dense run with the BN-L1 penalty trains the recipe's whole schedule while an
 :class:`ebcompress.EarlyBird` detector records every epoch's mask at each ratio and never
 stops it. The dense weights and masks are kept at fixed draw epochs (the paper's 2, 5, 10,
 20, 40 that fall inside the schedule, plus the final epoch) and at the epoch where the mask
-distance detected emergence. Each ticket is then slimmed with :func:`ebcompress.slim` and
+distance detected emergence. Each ticket is then slimmed with :func:`ebcompress.channels.slim` and
 retrained the same way: inheriting its weights, on the dense schedule restarted from epoch 0
 (You et al., ICLR 2020, Sec. 3.1: "for retraining the tickets, we keep the same setting"),
 ``--retrain-epochs`` long (default: the recipe's epochs, milestones scaled). With
@@ -37,18 +37,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared import RESULTS, SHORT_OVERRIDES, machine_line  # noqa: E402
 from eb_vs_baselines import budget_stem  # noqa: E402
 
-from ebcompress.bench import machine_info  # noqa: E402
+from ebcompress.channels.slim import slim  # noqa: E402
+from ebcompress.channels.ticket import Ticket  # noqa: E402
+from ebcompress.cost.flops import count_flops, training_flops  # noqa: E402
 from ebcompress.data import DataSplit, load_data  # noqa: E402
-from ebcompress.earlybird import EarlyBird  # noqa: E402
-from ebcompress.eb_train import early_bird_for  # noqa: E402
-from ebcompress.engine import EpochStats, Trainer  # noqa: E402
+from ebcompress.deploy.bench import machine_info  # noqa: E402
+from ebcompress.earlybird.detector import EarlyBird  # noqa: E402
+from ebcompress.engine.trainer import EpochStats, Trainer  # noqa: E402
 from ebcompress.errors import UserError  # noqa: E402
-from ebcompress.flops import count_flops, training_flops  # noqa: E402
+from ebcompress.methods.eb_train import early_bird_for  # noqa: E402
 from ebcompress.models import build_model  # noqa: E402
-from ebcompress.plots import new_figure, save_figure  # noqa: E402
 from ebcompress.recipe import Recipe, TrainConfig, load_recipe  # noqa: E402
-from ebcompress.slim import slim  # noqa: E402
-from ebcompress.ticket import Ticket  # noqa: E402
+from ebcompress.report.plots import new_figure, save_figure  # noqa: E402
 
 PAPER_DRAW_EPOCHS = (2, 5, 10, 20, 40)
 EPSILONS = (0.05, 0.08, 0.1, 0.12, 0.15, 0.2)  # what-if thresholds, read off the recorded run

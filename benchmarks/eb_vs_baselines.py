@@ -1,6 +1,6 @@
 """The headline benchmark: EB Train against NS, LT, SNIP and ThiNet on real Fashion-MNIST.
 
-Every (method, ratio) runs through :func:`ebcompress.compare.run_compare` (what
+Every (method, ratio) runs through :func:`ebcompress.run.compare.run_compare` (what
 ``ebcompress compare`` calls) with one recipe, so all methods share the model, the data and
 the dense schedule; each run's end-to-end wall clock is measured here around its call. A
 finished run is read back, not trained again (its wall time comes from the sidecar file
@@ -39,10 +39,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared import RESULTS, SHORT_OVERRIDES, machine_line  # noqa: E402
 
-from ebcompress.bench import machine_info  # noqa: E402
-from ebcompress.compare import run_compare, run_dir_name  # noqa: E402
+from ebcompress.deploy.bench import machine_info  # noqa: E402
 from ebcompress.errors import UserError  # noqa: E402
 from ebcompress.recipe import Recipe, load_recipe, validate_recipe  # noqa: E402
+from ebcompress.run.compare import run_compare, run_dir_name  # noqa: E402
 
 FLOPS_TARGET = 2.2  # NS training FLOPs / EB training FLOPs (the paper's lower figure)
 TIME_TARGET = 2.0  # NS wall time / EB wall time

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ebcompress.data import load_data
-from ebcompress.engine import Trainer, build_optimizer
+from ebcompress.engine.trainer import Trainer, build_optimizer
 from ebcompress.models import build_model
 from ebcompress.recipe import DataConfig, TrainConfig
 

@@ -15,7 +15,7 @@ Workloads:
   files). Where that folder is missing or unreadable, the workload runs on the digits data
   instead and the results say so.
 
-bfp8 is an *emulation* (fp32 arithmetic plus quantisation passes, ebcompress.bfp8): it shows
+bfp8 is an *emulation* (fp32 arithmetic plus quantisation passes, ebcompress.engine.bfp8): it shows
 bfp8's effect on the ticket and accuracy and what the emulation costs, not the speed or energy of
 8-bit hardware. One untimed warm-up run comes first (CUDA context, cuDNN, allocator).
 
@@ -37,11 +37,11 @@ from typing import Any
 
 import torch
 
+from ebcompress.cost.energy import available_counters
 from ebcompress.data import load_data
-from ebcompress.energy import available_counters
 from ebcompress.errors import UserError
-from ebcompress.pipeline import run_pipeline
 from ebcompress.recipe import DataConfig, load_recipe
+from ebcompress.run.pipeline import run_pipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "gpu_precision"
@@ -193,7 +193,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         "Training = the search and retrain phases' training passes (ledger seconds and joules);",
         "wall = the whole pipeline (also evaluation, slimming, export, report). Ratios are to",
-        "fp32 in the same invocation. bfp8 is emulated in fp32 arithmetic (ebcompress.bfp8), so",
+        "fp32 in the same invocation. bfp8 is emulated in fp32 arithmetic (engine/bfp8.py), so",
         "its time and energy are the emulation's, not those of 8-bit hardware.",
         "",
         "| workload | precision | wall | training | vs fp32 | energy | vs fp32 | "

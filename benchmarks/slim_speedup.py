@@ -3,7 +3,7 @@
 For timm ``resnet50``, ``vgg16_cifar`` and ``mobilenetv2_100``, at pruning ratios 0.3 / 0.5 /
 0.7 (with and without ``round_to=8``), on the CPU, at batch 1 and 32, in eager PyTorch and in
 onnxruntime: the median latency of the dense and the slim model, measured interleaved in one
-run (:func:`ebcompress.bench.bench_models`). Target: at batch 32 the latency speedup reaches
+run (:func:`ebcompress.deploy.bench.bench_models`). Target: at batch 32 the latency speedup reaches
 >= 80 % of the MAC reduction.
 
 Tickets are drawn from random initialisation with spread-out BN scales
@@ -28,11 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared import machine_line, randomize_batchnorm, write_results  # noqa: E402
 
-from ebcompress.bench import BenchResult, bench_models, machine_info  # noqa: E402
-from ebcompress.channels import ChannelGraph  # noqa: E402
+from ebcompress.channels.graph import ChannelGraph  # noqa: E402
+from ebcompress.channels.slim import slim  # noqa: E402
+from ebcompress.channels.ticket import Ticket  # noqa: E402
+from ebcompress.deploy.bench import BenchResult, bench_models, machine_info  # noqa: E402
 from ebcompress.models import build_model  # noqa: E402
-from ebcompress.slim import slim  # noqa: E402
-from ebcompress.ticket import Ticket  # noqa: E402
 
 # (model name, input side): CIFAR nets at their native 32 px, ImageNet nets at a small 64 px.
 MODELS = {"timm:resnet50": 64, "vgg16_cifar": 32, "mobilenetv2_100": 64}

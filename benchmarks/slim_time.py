@@ -3,7 +3,7 @@
 For timm ``resnet50`` (1000 classes) on the CPU:
 
 (a) one Early-Bird detection step, as ``EarlyBird`` runs it after every epoch on an already
-    traced :class:`~ebcompress.channels.ChannelGraph`: ``importance()`` + ``draw(ratio)`` +
+    traced :class:`~ebcompress.channels.graph.ChannelGraph`: ``importance()`` + ``draw(ratio)`` +
     ``mask_distance`` to the previous ticket (median of ``--repeats`` calls);
 (b) ``slim(model, ticket, example_inputs)``: deep copy, tracing, pruning, verification
     forward (median of ``--slim-repeats`` calls), next to building the ChannelGraph once.
@@ -27,11 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared import machine_line, randomize_batchnorm, write_results  # noqa: E402
 
-from ebcompress.bench import machine_info  # noqa: E402
-from ebcompress.channels import ChannelGraph  # noqa: E402
+from ebcompress.channels.graph import ChannelGraph  # noqa: E402
+from ebcompress.channels.slim import slim  # noqa: E402
+from ebcompress.channels.ticket import mask_distance  # noqa: E402
+from ebcompress.deploy.bench import machine_info  # noqa: E402
 from ebcompress.models import build_model  # noqa: E402
-from ebcompress.slim import slim  # noqa: E402
-from ebcompress.ticket import mask_distance  # noqa: E402
 
 DRAW_TARGET_S = 0.020
 SLIM_TARGET_S = 2.0

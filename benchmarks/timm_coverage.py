@@ -38,10 +38,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared import has_batchnorm, machine_line, randomize_batchnorm, write_results  # noqa: E402
 
-from ebcompress.bench import machine_info  # noqa: E402
-from ebcompress.channels import draw_ticket  # noqa: E402
-from ebcompress.export import TOLERANCE, export  # noqa: E402
-from ebcompress.slim import masked_equivalent, slim  # noqa: E402
+from ebcompress.channels.graph import draw_ticket  # noqa: E402
+from ebcompress.channels.slim import masked_equivalent, slim  # noqa: E402
+from ebcompress.deploy.bench import machine_info  # noqa: E402
+from ebcompress.deploy.formats import TOLERANCE, export  # noqa: E402
 
 STEPS = ("dense", "ticket", "slim", "exact", "forward", "onnx")
 RATIO = 0.3

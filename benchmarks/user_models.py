@@ -5,7 +5,7 @@ Early-Bird run is the CLI, run as a subprocess exactly as a user would type it, 
 user-style recipe YAML written into the run folder: timm's defaults (no ``model.kwargs``, so
 ResNets keep ``zero_init_last=True``), one data set, a short plain SGD schedule and a pruning
 ratio. Next to each (architecture, data set) one dense reference is trained with the library's
-own engine (:class:`ebcompress.engine.Trainer`, same ``recipe.train`` and seed, no BN-L1
+own engine (:class:`ebcompress.engine.trainer.Trainer`, same ``recipe.train`` and seed, no BN-L1
 penalty) on the same epoch budget: the EB run's slim net also retrains a full ``train.epochs``
 schedule (the library's default, ``retrain.schedule: restart``; a run whose report shows
 another retrain length is named in the causes of target (b)).
@@ -61,12 +61,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _shared import RESULTS, machine_line  # noqa: E402
 
-from ebcompress.bench import machine_info  # noqa: E402
+from ebcompress.cost.flops import count_flops  # noqa: E402
 from ebcompress.data import load_data  # noqa: E402
-from ebcompress.engine import Trainer  # noqa: E402
+from ebcompress.deploy.bench import machine_info  # noqa: E402
+from ebcompress.engine.trainer import Trainer  # noqa: E402
 from ebcompress.errors import UserError  # noqa: E402
-from ebcompress.flops import count_flops  # noqa: E402
-from ebcompress.method import chance_top1  # noqa: E402
+from ebcompress.methods.base import chance_top1  # noqa: E402
 from ebcompress.models import build_model  # noqa: E402
 from ebcompress.recipe import Recipe, load_recipe, parse_overrides  # noqa: E402
 

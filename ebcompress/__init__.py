@@ -15,19 +15,48 @@ the ModelSpec of a timm, torchvision or ``build_model`` model and checks that it
 model; pass ``spec=eb.ModelSpec(...)`` for anything else.
 """
 
-from ebcompress.channels import ChannelGraph, draw_ticket
-from ebcompress.earlybird import EarlyBird
-from ebcompress.errors import UserError
-from ebcompress.export import ModelSpec, export, load
-from ebcompress.flops import FlopCount, TrainingLedger, count_flops
-from ebcompress.mask_history import MaskHistory
-from ebcompress.models import build_model
-from ebcompress.recipe import Recipe, load_recipe
-from ebcompress.slim import masked_equivalent, slim
-from ebcompress.sparsity import BNL1Regularizer
-from ebcompress.ticket import Ticket, mask_distance
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Public name -> the module defining it. Resolved on first use (PEP 562), so importing one
+# part of the library (``ebcompress.channels``, say) does not load pydantic, safetensors or
+# onnx, and ``ebcompress --help`` does not wait for torch.
+_PUBLIC = {
+    "BNL1Regularizer": "ebcompress.earlybird.sparsity",
+    "ChannelGraph": "ebcompress.channels.graph",
+    "EarlyBird": "ebcompress.earlybird.detector",
+    "FlopCount": "ebcompress.cost.flops",
+    "MaskHistory": "ebcompress.earlybird.mask_history",
+    "ModelSpec": "ebcompress.deploy.bundle",
+    "Recipe": "ebcompress.recipe",
+    "Ticket": "ebcompress.channels.ticket",
+    "TrainingLedger": "ebcompress.cost.flops",
+    "UserError": "ebcompress.errors",
+    "build_model": "ebcompress.models",
+    "count_flops": "ebcompress.cost.flops",
+    "draw_ticket": "ebcompress.channels.graph",
+    "export": "ebcompress.deploy.formats",
+    "load": "ebcompress.deploy.bundle",
+    "load_recipe": "ebcompress.recipe",
+    "mask_distance": "ebcompress.channels.ticket",
+    "masked_equivalent": "ebcompress.channels.slim",
+    "slim": "ebcompress.channels.slim",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'ebcompress' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
 
 __all__ = [
     "BNL1Regularizer",

@@ -27,8 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from ebcompress.engine.preemption import parse_checkpoint_every
 from ebcompress.errors import UserError
-from ebcompress.preemption import parse_checkpoint_every
 
 Precision = Literal["fp32", "bf16", "fp16", "bfp8"]
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ebcompress.bundle import ModelSpec
-from ebcompress.channels import draw_ticket
-from ebcompress.slim import slim
-from ebcompress.ticket import Ticket
+from ebcompress.channels.graph import draw_ticket
+from ebcompress.channels.slim import slim
+from ebcompress.channels.ticket import Ticket
+from ebcompress.deploy.bundle import ModelSpec
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from ebcompress.engine import EpochStats
-from ebcompress.flops import TrainingLedger
-from ebcompress.mask_history import MaskHistory
+from ebcompress.channels.ticket import Ticket
+from ebcompress.cost.flops import TrainingLedger
+from ebcompress.earlybird.mask_history import MaskHistory
+from ebcompress.engine.trainer import EpochStats
 from ebcompress.recipe import load_recipe
-from ebcompress.ticket import Ticket
 
 TRAIN_SAMPLES = 1000
 TEST_SAMPLES = 200

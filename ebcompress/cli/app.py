@@ -66,7 +66,7 @@ def _one_line_warning(
 ) -> None:
     """Warnings (capped groups, unchecked learning) as one ``warning:`` line above the bars,
     not Python's two-line file-and-source format."""
-    from ebcompress.progress import log
+    from ebcompress.engine.progress import log
 
     log(f"warning: {' '.join(str(message).split())}")
 

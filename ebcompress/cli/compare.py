@@ -8,9 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ebcompress import distributed as dist
 from ebcompress.cli.app import app
 from ebcompress.cli.prune import RECIPE_HELP
+from ebcompress.engine import distributed as dist
 from ebcompress.errors import UserError
 from ebcompress.recipe import load_recipe
 
@@ -37,8 +37,8 @@ def compare(
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
 ) -> None:
     """Run each method at each ratio (finished runs are kept) and write compare.{md,csv,json}."""
-    from ebcompress.compare import run_compare
-    from ebcompress.method import available_methods
+    from ebcompress.methods.base import available_methods
+    from ebcompress.run.compare import run_compare
 
     resolved = load_recipe(recipe, overrides)
     keys = [m.strip() for m in methods.split(",") if m.strip()]

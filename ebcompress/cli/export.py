@@ -9,11 +9,11 @@ import torch
 import typer
 from rich.console import Console
 
-from ebcompress.bench import bench_bundle, bench_table
-from ebcompress.bundle import load, read_bundle
 from ebcompress.cli.app import app
+from ebcompress.deploy.bench import bench_bundle, bench_table
+from ebcompress.deploy.bundle import load, read_bundle
+from ebcompress.deploy.formats import FORMATS, default_path, export
 from ebcompress.errors import UserError
-from ebcompress.export import FORMATS, default_path, export
 
 SOURCE_HELP = "a run directory (runs/NAME) or a bundle folder (with config.json)"
 

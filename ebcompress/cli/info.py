@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ebcompress.cli.app import app
+from ebcompress.cost.flops import count_flops, training_flops
 from ebcompress.errors import UserError
-from ebcompress.flops import count_flops, training_flops
 from ebcompress.models import build_model
 from ebcompress.recipe import load_recipe, shipped_recipes
 

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 
-from ebcompress import distributed as dist
 from ebcompress.cli.app import app
+from ebcompress.engine import distributed as dist
 from ebcompress.recipe import load_recipe
 
 RECIPE_HELP = "a shipped recipe name (see `ebcompress recipes`) or a path to a YAML file"
@@ -37,7 +37,7 @@ def prune(
     ),
 ) -> None:
     """Search for a ticket, slim the network, retrain it, export it and write the report."""
-    from ebcompress.pipeline import run_pipeline
+    from ebcompress.run.pipeline import run_pipeline
 
     sets = [*overrides, f"prune.method={method}"] if method else list(overrides)
     resolved = load_recipe(recipe, sets)
@@ -61,7 +61,7 @@ def print_summary(report: dict, run_dir: Path) -> None:
 
     A run that failed its health check says so in one highlighted line, and its FLOPs figure
     is not presented as a saving."""
-    from ebcompress.report import describe_saving, health_headline
+    from ebcompress.report.build import describe_saving, health_headline
 
     t, m, c, acc = report["ticket"], report["model"], report["cost"], report["accuracy"]
     health = report.get("health") or {}

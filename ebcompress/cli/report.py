@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from ebcompress.cli.app import app
-from ebcompress.report import REPORT_JSON, REPORT_MD, write_report
+from ebcompress.report.build import REPORT_JSON, REPORT_MD, write_report
 
 
 def open_file(path: Path) -> str | None:

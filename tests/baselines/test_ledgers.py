@@ -3,8 +3,8 @@
 import pytest
 from tiny_runs import tiny_recipe
 
-from ebcompress.flops import TrainingLedger
-from ebcompress.pipeline import run_pipeline
+from ebcompress.cost.flops import TrainingLedger
+from ebcompress.run.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from ebcompress.baselines._masks import (
     prunable_weights,
     weight_sparsity,
 )
-from ebcompress.channels import ChannelGraph
+from ebcompress.channels.graph import ChannelGraph
 from ebcompress.errors import UserError
 from ebcompress.models import build_model
 

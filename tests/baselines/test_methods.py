@@ -5,11 +5,11 @@ import torch
 from tiny_runs import assert_slim_matches_masked, tiny_recipe, tiny_run
 
 from ebcompress.baselines._masks import WeightMaskCallback, prunable_weights
-from ebcompress.engine import Trainer
+from ebcompress.channels.slim import slim
+from ebcompress.engine.trainer import Trainer
 from ebcompress.errors import UserError
-from ebcompress.method import get_method
+from ebcompress.methods.base import get_method
 from ebcompress.models import build_model
-from ebcompress.slim import slim
 
 
 def _removed(ticket) -> int:

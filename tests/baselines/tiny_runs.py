@@ -7,13 +7,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ebcompress.channels.slim import masked_equivalent, slim
+from ebcompress.channels.ticket import Ticket
+from ebcompress.cost.flops import TrainingLedger, count_flops
 from ebcompress.data import load_data
-from ebcompress.flops import TrainingLedger, count_flops
-from ebcompress.method import RunContext
+from ebcompress.methods.base import RunContext
 from ebcompress.models import build_model
 from ebcompress.recipe import Recipe, validate_recipe
-from ebcompress.slim import masked_equivalent, slim
-from ebcompress.ticket import Ticket
 
 TINY: dict[str, Any] = {
     "name": "tiny",

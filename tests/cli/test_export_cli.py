@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import ebcompress.cli.export  # noqa: F401  (registers the commands on the app)
-from ebcompress.bundle import ModelSpec, export_bundle
-from ebcompress.channels import draw_ticket
+from ebcompress.channels.graph import draw_ticket
+from ebcompress.channels.slim import slim
 from ebcompress.cli.app import EXIT_USER_ERROR, main
-from ebcompress.slim import slim
+from ebcompress.deploy.bundle import ModelSpec, export_bundle
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from torch import nn
 
 from ebcompress.cli import main
 from ebcompress.recipe import Recipe
-from ebcompress.run_lock import run_lock
+from ebcompress.run.lock import run_lock
 
 FUZZ = settings(
     max_examples=60,

@@ -1,0 +1,220 @@
+"""The Method protocol every pruning algorithm implements, and its registry.
+
+A method turns a recipe's dense network into a ticket and says how the slim network is
+retrained. The pipeline (:mod:`ebcompress.run.pipeline`) owns everything else: building the model
+and data, the run directory, checkpoints, the ledger, export and the report. So a method is
+two decisions:
+
+``search(run)``
+    Train (or not) the dense network in ``run.model`` and draw a ticket. Early-Bird stops as
+    soon as the ticket emerges; network slimming, lottery ticket and ThiNet train the full
+    dense schedule; SNIP prunes at initialisation.
+``retrain_plan(run, outcome)``
+    Which weights the slim network starts from (inherited, re-initialised, rewound) and which
+    epochs of the schedule it trains.
+
+Methods register by key (``eb``, ``ns``, ``lt``, ``snip``, ``thinet``); a duplicate key raises.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from ebcompress.channels.ticket import Ticket
+from ebcompress.cost.flops import TrainingLedger
+from ebcompress.data import DataSplit
+from ebcompress.earlybird.learning import LearningCheck
+from ebcompress.engine.trainer import Trainer
+from ebcompress.errors import UserError
+from ebcompress.recipe import Recipe
+
+
+@dataclass
+class RunContext:
+    """What a method may use: the resolved recipe, the data, the dense model, the plumbing."""
+
+    recipe: Recipe
+    data: DataSplit
+    model: nn.Module
+    example_inputs: torch.Tensor
+    run_dir: Path | None
+    ledger: TrainingLedger
+    device: torch.device
+    dense_macs: int
+    resume: bool = False
+    progress: bool = True
+    build_dense: Callable[[], nn.Module] | None = None  # a fresh, re-initialised dense model
+    initial_state: dict[str, torch.Tensor] | None = (
+        None  # dense weights at initialisation (LT rewind)
+    )
+
+
+@dataclass
+class SearchOutcome:
+    """The result of a method's search phase.
+
+    ``ticket`` always describes the channel structure to retrain. Unstructured methods (LT and
+    SNIP with ``granularity: unstructured``) keep every channel and put their sparsity in
+    ``weight_masks`` (parameter name -> 0/1 tensor) instead.
+    """
+
+    ticket: Ticket
+    search_epochs: int
+    emerged: bool = True
+    note: str = ""
+    weight_masks: dict[str, torch.Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RetrainPlan:
+    """How the slim network is retrained.
+
+    ``start_state`` is a dense state dict to load before slimming (None: keep the searched
+    weights; the pipeline re-initialises when ``reinit`` is set). Epochs index the recipe's
+    dense schedule: ``start_epoch`` epochs are taken as done, training runs to ``end_epoch``.
+    A window that does not end at ``train.epochs`` gets the schedule's milestones scaled to it.
+    """
+
+    start_epoch: int
+    end_epoch: int
+    reinit: bool = False
+    start_state: dict[str, torch.Tensor] | None = None
+    lr: float | None = None
+    callbacks: list[Any] = field(default_factory=list)  # engine callbacks, e.g. fixed weight masks
+
+
+class Method(Protocol):
+    """A pruning algorithm under the pipeline's common interface."""
+
+    key: ClassVar[str]
+    title: ClassVar[str]
+
+    def search(self, run: RunContext) -> SearchOutcome: ...
+
+    def retrain_plan(self, run: RunContext, outcome: SearchOutcome) -> RetrainPlan: ...
+
+
+_REGISTRY: dict[str, type] = {}
+# Methods that live outside the core are imported on first lookup, so `--method ns` works
+# without the caller importing the baselines package.
+_PROVIDERS = ("ebcompress.methods.eb_train", "ebcompress.baselines")
+
+
+def register_method(cls: type) -> type:
+    """Class decorator: register a Method under ``cls.key``; a duplicate key is an error."""
+    key = cls.key
+    if key in _REGISTRY and _REGISTRY[key] is not cls:
+        raise ValueError(f"method {key!r} is already registered by {_REGISTRY[key].__qualname__}")
+    _REGISTRY[key] = cls
+    return cls
+
+
+def available_methods() -> dict[str, type]:
+    for provider in _PROVIDERS:
+        importlib.import_module(provider)
+    return dict(_REGISTRY)
+
+
+def get_method(key: str) -> Method:
+    methods = available_methods()
+    if key not in methods:
+        raise UserError(f"unknown method {key!r}; choose one of: {', '.join(methods)}")
+    return methods[key]()
+
+
+def chance_top1(data: DataSplit) -> float:
+    """The top-1 accuracy of always guessing the training set's most frequent class."""
+    labels = _train_labels(data.train)
+    if labels is None or labels.numel() == 0:
+        return 1.0 / data.num_classes
+    return float(torch.bincount(labels).max()) / labels.numel()
+
+
+def _train_labels(dataset: Any) -> torch.Tensor | None:
+    if isinstance(dataset, Subset):
+        inner = _train_labels(dataset.dataset)
+        return None if inner is None else inner[torch.as_tensor(list(dataset.indices))]
+    for attr in ("labels", "targets"):
+        labels = getattr(dataset, attr, None)
+        if labels is not None:
+            return torch.as_tensor(labels, dtype=torch.long)
+    return None
+
+
+def learning_check(run: RunContext) -> LearningCheck:
+    """The recipe's learning criterion at the training data's chance level."""
+    return LearningCheck(
+        chance=chance_top1(run.data),
+        num_classes=run.data.num_classes,
+        margin=run.recipe.prune.learning_margin,
+    )
+
+
+def train_dense(
+    run: RunContext, callbacks: Sequence[Any] = (), *, end_epoch: int | None = None
+) -> Trainer:
+    """Train ``run.model`` dense as phase ``search`` (ledger: dense MACs), up to ``end_epoch``
+    (default: the whole schedule). Resumable like every phase: a finished search checkpoint is
+    loaded, not re-run. Every method's search goes through here.
+
+    A dense network whose training top-1 never got clearly above chance
+    (:func:`learning_check`) has nothing worth pruning: that is a one-line UserError naming
+    what to change, raised before any ticket is drawn or retrained."""
+    recipe = run.recipe
+    trainer = Trainer(
+        run.model,
+        run.data,
+        recipe.train,
+        phase="search",
+        end_epoch=end_epoch,
+        callbacks=list(callbacks),
+        run_dir=run.run_dir,
+        device=run.device,
+        seed=recipe.seed,
+        ledger=run.ledger,
+        macs_per_sample=run.dense_macs,
+        progress=run.progress,
+        num_workers=recipe.data.num_workers,
+    )
+    history = trainer.fit(resume=run.resume)
+    check = learning_check(run)
+    for stats in history:
+        check.update(stats.epoch, train_top1=stats.train_top1, train_loss=stats.train_loss)
+    if history and not check.learned:
+        raise UserError(
+            f"the dense network did not learn in {len(history)} search epochs "
+            f"({check.describe()}), so no ticket was drawn; change train.lr (now "
+            f"{recipe.train.lr:g}), check the data (labels, data.mean/std) and data.augment, "
+            "or lower prune.learning_margin"
+        )
+    return trainer
+
+
+def retrain_epochs_after_search(recipe: Recipe, search_epochs: int) -> tuple[int, int]:
+    """The retrain window when the slim net continues or restarts the dense schedule.
+
+    ``schedule: restart`` (the default) and ``mode: reinit`` run a fresh schedule of
+    ``retrain.epochs`` (default ``train.epochs``): the paper's protocol. ``schedule:
+    continue`` resumes the dense schedule from the search's last epoch to ``train.epochs``;
+    an explicit ``retrain.epochs`` then counts back from the schedule's end.
+    """
+    total = recipe.train.epochs
+    if recipe.retrain.mode == "reinit" or recipe.retrain.schedule == "restart":
+        return 0, recipe.retrain.epochs or total
+    if recipe.retrain.epochs is not None:
+        return max(0, total - recipe.retrain.epochs), total
+    if search_epochs >= total:
+        raise UserError(
+            f"the search used all {total} epochs of train.epochs, so retrain.schedule=continue "
+            "has nothing left; set retrain.schedule=restart or retrain.epochs=N"
+        )
+    return search_epochs, total
