@@ -1,18 +1,24 @@
-"""Kill ``ebcompress prune`` at random points, resume it, and check the result is unchanged.
+"""Interrupt ``ebcompress prune`` anywhere, resume it, and check the result is unchanged.
 
-Each cycle starts the quickstart recipe (shortened, one thread) in a fresh run directory,
-SIGKILLs it at a random moment, resumes it with ``--resume`` (killing the resumed process
-too, at another random moment, for ``--kills`` kills per cycle), lets the last resume finish,
-and compares the run's ticket.json, model weights and report.json (wall-clock and measured
-energy fields aside) with those of an uninterrupted run. Kill moments are drawn uniformly
-over the active part of an uninterrupted run (from taking the run's lock to the exit),
-seeded, so the kills land in the search, the slimming, the retrain, the export and the
-report. Target: every cycle resumes to an identical result. Results go to
-``benchmarks/results/fault_injection.{json,md}``.
+Each cycle starts the quickstart recipe (shortened, one thread; ``_run_harness.py``) in a
+fresh run directory, interrupts it, resumes it with ``--resume`` to the end, and compares the
+run's ticket.json, model weights and report.json (wall-clock and measured energy fields
+aside) with those of an uninterrupted run. After each interruption it also checks that every
+phase which had written a checkpoint still has a usable one. Three kinds of cycle:
 
-    python benchmarks/fault_injection.py --cycles 5 --seed 0
+* ``random``: ``--kills`` signals, each SIGKILL or SIGTERM (drawn), at moments drawn
+  uniformly over the active part of an uninterrupted run (from taking the run's lock to the
+  exit), seeded, so they land in the search, the slimming, the retrain, the export and the
+  report;
+* fault points (``_faults.py``): the process SIGKILLs itself at the n-th rename onto a
+  checkpoint, a bundle file or a report file, or in the middle of the slimming;
+* ``disk_full``: the run directory is a small tmpfs (needs root), filled between two
+  checkpoints; the run must stop with one line and resume once space is freed.
 
-tests/test_reliability.py imports the harness below (start, kill, compare) from this file.
+Target: every cycle resumes to an identical result with a checkpoint kept. Results go to
+``benchmarks/results/fault_injection.{json,md}``, rewritten after every cycle.
+
+    python benchmarks/fault_injection.py --cycles 16 --point-cycles 2 --seed 0
 """
 
 from __future__ import annotations
@@ -29,206 +35,38 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _faults  # noqa: E402
+from _run_harness import (  # noqa: E402
+    QUICK_OVERRIDES,
+    SINGLE_THREAD_ENV,
+    RunProgress,
+    comparable_result,
+    differences,
+    kill_after,
+    kill_when,
+    lock_holder,
+    prune_argv,
+    read_progress,
+    start_prune,
+    wait_for,
+)
+
+from ebcompress.engine.checkpoint import load_checkpoint  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-# The quickstart recipe cut to a few seconds of training: the ticket emerges at epoch 3 of 6.
-QUICK_OVERRIDES: tuple[str, ...] = (
-    "train.epochs=6",
-    "train.milestones=[3,5]",
-    "data.train_subset=256",
-    "data.test_subset=128",
-    "prune.window=2",
-)
-# One intra-op thread: the reduction order, and so every bit of the result, is then fixed.
-SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# Measured or wall-clock quantities, which differ between any two runs.
-UNSTABLE_KEYS = frozenset({"timing", "seconds", "images_per_s", "joules", "total_joules"})
-
-
-def prune_argv(
-    run_dir: Path, *, resume: bool, overrides: Sequence[str] = QUICK_OVERRIDES
-) -> list[str]:
-    """The ``ebcompress prune`` argument list (without the interpreter) for one run."""
-    sets = [arg for pair in overrides for arg in ("--set", pair)]
-    return [
-        "prune", "--recipe", "quickstart", "--out", str(run_dir), "--device", "cpu", *sets,
-        *(["--resume"] if resume else []),
-    ]  # fmt: skip
-
-
-def start_prune(
-    run_dir: Path,
-    *,
-    resume: bool,
-    stdout: Path,
-    stderr: Path | None = None,
-    overrides: Sequence[str] = QUICK_OVERRIDES,
-) -> subprocess.Popen:
-    """Start ``python -m ebcompress prune`` in a subprocess, appending its output to files
-    (stderr to ``stdout`` too when ``stderr`` is None)."""
-    env = {**os.environ, **SINGLE_THREAD_ENV}
-    argv = prune_argv(run_dir, resume=resume, overrides=overrides)
-    with contextlib.ExitStack() as files:
-        out = files.enter_context(open(stdout, "ab"))
-        err = subprocess.STDOUT if stderr is None else files.enter_context(open(stderr, "ab"))
-        return subprocess.Popen(
-            [sys.executable, "-m", "ebcompress", *argv], stdout=out, stderr=err, env=env
-        )
-
-
-@dataclass(frozen=True)
-class RunProgress:
-    """What a run directory shows of a run's progress, read from its files."""
-
-    started: bool  # recipe.yaml written: the run is past imports and the lock
-    search_epochs: int  # search lines in metrics.jsonl
-    ticket: bool
-    retrain_epochs: int
-    exported: bool  # model/ exists: the retrain is over (or a killed export left it)
-    finished: bool  # state.json says finished (the report may still be being written)
-    report: bool
-
-    @property
-    def phase(self) -> str:
-        """Where a run with this progress is: a coarse name for reports."""
-        if not self.started:
-            return "startup"
-        if self.report:
-            return "done"
-        if self.finished:
-            return "report"
-        if self.exported:
-            return "export"
-        if self.retrain_epochs:
-            return "retrain"
-        if self.ticket:
-            return "slimming"  # or the retrain's first epoch
-        return "search"
-
-
-def read_progress(run_dir: Path) -> RunProgress:
-    """A snapshot of ``run_dir``; safe to call while a run writes it."""
-    counts = {"search": 0, "retrain": 0}
-    metrics = run_dir / "metrics.jsonl"
-    lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.is_file() else []
-    for line in lines:
-        try:
-            phase = json.loads(line).get("phase")
-        except json.JSONDecodeError:
-            continue  # a line being written
-        if phase in counts:
-            counts[phase] += 1
-    try:
-        status = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))["status"]
-    except (OSError, ValueError, KeyError):
-        status = None
-    return RunProgress(
-        started=(run_dir / "recipe.yaml").is_file(),
-        search_epochs=counts["search"],
-        ticket=(run_dir / "ticket.json").is_file(),
-        retrain_epochs=counts["retrain"],
-        exported=(run_dir / "model").is_dir(),
-        finished=status == "finished",
-        report=(run_dir / "report.json").is_file(),
-    )
-
-
-def wait_for(
-    process: subprocess.Popen,
-    run_dir: Path,
-    condition: Callable[[RunProgress], bool],
-    *,
-    timeout: float = 300.0,
-    poll_s: float = 0.005,
-) -> RunProgress | None:
-    """Poll ``run_dir`` until ``condition(progress)`` holds and return that progress; None
-    when the process exits first. TimeoutError (the process killed) after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while process.poll() is None:
-        progress = read_progress(run_dir)
-        if condition(progress):
-            return progress
-        if time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            raise TimeoutError(f"{run_dir}: condition not reached within {timeout:.0f}s")
-        time.sleep(poll_s)
-    return None
-
-
-def kill_when(
-    process: subprocess.Popen, run_dir: Path, condition: Callable[[RunProgress], bool]
-) -> RunProgress | None:
-    """SIGKILL ``process`` as soon as ``condition`` holds (see :func:`wait_for`); the progress
-    at the kill, or None when the process exited first. The process is reaped, so the run's
-    lock file names a pid that no longer exists."""
-    progress = wait_for(process, run_dir, condition)
-    if progress is not None:
-        process.send_signal(signal.SIGKILL)
-    process.wait()
-    return progress
-
-
-def lock_holder(run_dir: Path) -> int | None:
-    """The pid in the run's lock file (a live or a killed run's), or None."""
-    try:
-        return int((run_dir / "run.lock").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def kill_after(process: subprocess.Popen, run_dir: Path, seconds: float) -> RunProgress | None:
-    """SIGKILL ``process`` ``seconds`` after it took the run's lock (None: it exited first).
-
-    Counting from the lock skips the interpreter's start and the imports, where a kill
-    tests nothing.
-    """
-    locked_at: list[float] = []
-
-    def due(_: RunProgress) -> bool:
-        if not locked_at and lock_holder(run_dir) == process.pid:
-            locked_at.append(time.monotonic())
-        return bool(locked_at) and time.monotonic() - locked_at[0] >= seconds
-
-    return kill_when(process, run_dir, due)
-
-
-def comparable_result(run_dir: Path) -> dict[str, Any]:
-    """ticket.json, the model's tensors and report.json without wall-clock/measured fields."""
-    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-    return {
-        "ticket": json.loads((run_dir / "ticket.json").read_text(encoding="utf-8")),
-        "weights": load_file(str(run_dir / "model" / "model.safetensors")),
-        "report": _without_unstable(report),
-    }
-
-
-def _without_unstable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_unstable(v) for k, v in value.items() if k not in UNSTABLE_KEYS}
-    if isinstance(value, list):
-        return [_without_unstable(v) for v in value]
-    return value
-
-
-def differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
-    """What differs between two :func:`comparable_result` values (empty when identical)."""
-    found = [name for name in ("ticket", "report") if expected[name] != actual[name]]
-    weights_a, weights_b = expected["weights"], actual["weights"]
-    if weights_a.keys() != weights_b.keys():
-        found.append("weights: tensor names")
-    else:
-        found += [f"weights: {k}" for k in weights_a if not torch.equal(weights_a[k], weights_b[k])]
-    return found
-
+# The harness, for tests/run/test_reliability.py and tests/engine/test_preemption.py.
+__all__ = [
+    "QUICK_OVERRIDES", "RunProgress", "comparable_result", "differences", "kill_after",
+    "kill_when", "lock_holder", "main", "prune_argv", "read_progress", "start_prune", "wait_for",
+]  # fmt: skip
 
 # ----------------------------------------------------------------------------- the benchmark
 
@@ -245,46 +83,121 @@ def active_seconds(process: subprocess.Popen, run_dir: Path) -> float:
     return time.monotonic() - locked_at
 
 
+def checkpoints_intact(run_dir: Path) -> bool:
+    """Every phase that has written a checkpoint still has a usable one (``last.pt``, or
+    ``prev.pt`` when the newest was lost mid-rotation)."""
+    for folder in (run_dir / "checkpoints").glob("*"):
+        if not any(folder.glob("*.pt")):
+            continue
+        try:
+            if load_checkpoint(folder / "last.pt") is None:
+                return False
+        except Exception:  # a UserError: no usable checkpoint is left
+            return False
+    return True
+
+
 @dataclass
 class Cycle:
-    """One kill-and-resume cycle: where each kill landed and whether the result matched."""
+    """One fault-and-resume cycle: what was injected, where it landed, whether the result
+    matched and whether a usable checkpoint survived every interruption."""
 
     index: int
+    kind: str  # "random", a fault point, or "disk_full"
     kills: list[dict[str, Any]]
     final_exit: int
     identical: bool
     differences: list[str]
+    checkpoints_kept: bool
     seconds: float
+
+
+def _interrupt(
+    run_dir: Path, log: Path, resume: bool, window_s: float, rng: random.Random
+) -> dict[str, Any]:
+    """Start the run (or its resume) and SIGKILL or SIGTERM it at a random moment."""
+    delay, sig = rng.uniform(0.0, window_s), rng.choice([signal.SIGKILL, signal.SIGTERM])
+    process = start_prune(run_dir, resume=resume, stdout=log)
+    at = kill_after(process, run_dir, delay, sig)
+    return {
+        "signal": sig.name,
+        "after_s": round(delay, 3),
+        "phase": at.phase if at else "exited before the kill",
+        "exit": process.returncode,
+    }
+
+
+def _fault_point(run_dir: Path, log: Path, point: str, rng: random.Random) -> dict[str, Any]:
+    """Run with ``point`` armed at a random occurrence; the process SIGKILLs itself there."""
+    nth = rng.randint(1, 4)
+    process = start_prune(run_dir, resume=False, stdout=log, fault=(point, nth))
+    code = process.wait()
+    fired = code == -signal.SIGKILL
+    return {
+        "signal": "SIGKILL (in-process)",
+        "after_s": None,
+        "phase": f"{point} #{nth}" if fired else f"{point} #{nth}: never reached",
+        "exit": code,
+    }
+
+
+def _disk_full(run_dir: Path, log: Path, checkpoint_bytes: int) -> dict[str, Any]:
+    """Fill ``run_dir``'s (small) disk right after the first search checkpoint, so the next
+    checkpoint cannot be written; then free the space. The run must stop with one line."""
+    process = start_prune(run_dir, resume=False, stdout=log)
+    checkpoint = run_dir / "checkpoints" / "search" / "last.pt"
+    at = wait_for(process, run_dir, lambda _: checkpoint.is_file())
+    filler = _faults.fill_disk(run_dir, leave_bytes=checkpoint_bytes // 2) if at else None
+    code = process.wait()
+    if filler is not None:
+        filler.unlink()
+    lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    return {
+        "signal": "ENOSPC",
+        "after_s": None,
+        "phase": at.phase if at else "exited before the disk filled",
+        "exit": code,
+        "message": lines[-1] if lines else "",
+    }
 
 
 def run_cycle(
     index: int,
+    kind: str,
     root: Path,
     reference: dict[str, Any],
     window_s: float,
     kills: int,
+    checkpoint_bytes: int,
     rng: random.Random,
 ) -> Cycle:
-    """Kill a fresh run ``kills`` times at random moments in ``[0, window_s)`` after it (or
-    its resume) took the lock, then resume it to the end and compare with ``reference``."""
+    """Interrupt a fresh run (``kills`` random signals, a fault point, or a full disk), check a
+    usable checkpoint survived each interruption, then resume it to the end and compare with
+    ``reference``."""
     run_dir, log = root / f"cycle{index}", root / f"cycle{index}.log"
     started = time.monotonic()
-    landed = []
-    for attempt in range(kills):
-        delay = rng.uniform(0.0, window_s)
-        process = start_prune(run_dir, resume=attempt > 0, stdout=log)
-        at = kill_after(process, run_dir, delay)
-        landed.append(
-            {"after_s": round(delay, 3), "phase": at.phase if at else "exited before the kill"}
+    landed, kept = [], True
+    with contextlib.ExitStack() as stack:
+        if kind == "disk_full":
+            stack.enter_context(_faults.small_disk(run_dir, size_mb=64))
+            landed.append(_disk_full(run_dir, log, checkpoint_bytes))
+            kept &= checkpoints_intact(run_dir)
+        elif kind == "random":
+            for attempt in range(kills):
+                landed.append(_interrupt(run_dir, log, attempt > 0, window_s, rng))
+                kept &= checkpoints_intact(run_dir)
+        else:
+            landed.append(_fault_point(run_dir, log, kind, rng))
+            kept &= checkpoints_intact(run_dir)
+        final = start_prune(run_dir, resume=True, stdout=log)
+        final_exit = final.wait()
+        found = (
+            differences(reference, comparable_result(run_dir))
+            if final_exit == 0
+            else [f"the last resume exited with {final_exit}; see {log}"]
         )
-    final = start_prune(run_dir, resume=True, stdout=log)
-    final_exit = final.wait()
-    found = (
-        differences(reference, comparable_result(run_dir))
-        if final_exit == 0
-        else [f"the last resume exited with {final_exit}; see {log}"]
-    )
-    return Cycle(index, landed, final_exit, not found, found, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    return Cycle(index, kind, landed, final_exit, not found, found, kept, seconds)
 
 
 def machine() -> dict[str, Any]:
@@ -296,91 +209,125 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": int(SINGLE_THREAD_ENV["OMP_NUM_THREADS"]),
+        "load_average": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
     }
 
 
 def render_markdown(result: dict[str, Any]) -> str:
     m, summary = result["machine"], result["summary"]
     lines = [
-        "# Fault injection: kill `ebcompress prune` anywhere, resume, compare",
+        "# Fault injection: interrupt `ebcompress prune` anywhere, resume, compare",
         "",
         f"Measured {m['date']} on {m['platform']} ({m['processor']}, {m['cpu_count']} CPUs, "
-        f"{m['torch_threads']} torch thread), torch {m['torch']}.",
+        f"{m['torch_threads']} torch thread, load average {m['load_average']}), torch "
+        f"{m['torch']}, commit {m['commit']}.",
         "",
-        f"Recipe: quickstart with `{' '.join(result['overrides'])}`; "
-        f"{result['kills_per_cycle']} SIGKILL(s) per cycle at moments drawn uniformly from "
-        f"[0, {result['window_s']:.1f} s) after the process took the run's lock (the "
-        "uninterrupted run's active time), then `--resume` to the end. Seed "
-        f"{result['seed']}.",
+        f"Recipe: quickstart with `{' '.join(result['overrides'])}`. Three kinds of cycle, "
+        f"each from a fresh run directory and ending with `--resume` to the end (seed "
+        f"{result['seed']}):",
+        "",
+        f"- **random**: {result['kills_per_cycle']} signals per cycle, each SIGKILL or SIGTERM "
+        f"(drawn), at a moment drawn uniformly from [0, {result['window_s']:.1f} s) after the "
+        "process took the run's lock (the uninterrupted run's active time);",
+        "- **fault points** (`benchmarks/_faults.py`): the process SIGKILLs itself at the n-th "
+        "rename onto a checkpoint, a bundle file or a report file (new file written, old one "
+        "still in place), or in the n-th torch-pruning `Group.prune` of the slimming;",
+        "- **disk_full**: the run directory is a 64 MiB tmpfs, filled right after the first "
+        "search checkpoint so the next one cannot be written; the space is then freed.",
         "",
         f"**{summary['identical']} of {summary['cycles']} cycles resumed to a result identical "
         "to the uninterrupted run** (ticket.json, every tensor of model.safetensors, and "
-        "report.json without its wall-clock and energy fields). Target: all of them.",
+        "report.json without its wall-clock and energy fields), and after "
+        f"**{summary['checkpoints_kept']} of {summary['cycles']}** every interruption left a "
+        "usable checkpoint for each phase that had written one. Target: all of them.",
         "",
-        "| cycle | kills landed in (after s) | last resume exit | identical | seconds |",
-        "|---:|---|---:|:---:|---:|",
+        "| cycle | kind | interruptions: where (signal, exit) | last resume exit | "
+        "identical | checkpoint kept | seconds |",
+        "|---:|---|---|---:|:---:|:---:|---:|",
     ]
     for cycle in result["cycles"]:
-        where = ", ".join(f"{k['phase']} ({k['after_s']:.2f})" for k in cycle["kills"])
+        where = ", ".join(
+            f"{k['phase']} ({k['signal']}, {k['exit']})"
+            + (f" after {k['after_s']:.2f} s" if k["after_s"] is not None else "")
+            for k in cycle["kills"]
+        )
         mark = "yes" if cycle["identical"] else "NO: " + "; ".join(cycle["differences"][:3])
         lines.append(
-            f"| {cycle['index']} | {where} | {cycle['final_exit']} | {mark} | "
-            f"{cycle['seconds']:.0f} |"
+            f"| {cycle['index']} | {cycle['kind']} | {where} | {cycle['final_exit']} | {mark} "
+            f"| {'yes' if cycle['checkpoints_kept'] else 'NO'} | {cycle['seconds']:.0f} |"
         )
     phases = ", ".join(f"{phase}: {n}" for phase, n in sorted(summary["kills_by_phase"].items()))
-    lines += ["", f"Kills by phase: {phases}.", ""]
-    return "\n".join(lines)
+    lines += ["", f"Random signals by phase: {phases}.", ""]
+    lines += [f"Disk-full message: `{k['message']}`" for k in summary["disk_full"]]
+    return "\n".join(lines) + "\n"
+
+
+def _summary(cycles: list[Cycle]) -> dict[str, Any]:
+    by_phase: dict[str, int] = {}
+    for cycle in cycles:
+        if cycle.kind == "random":
+            for kill in cycle.kills:
+                by_phase[kill["phase"]] = by_phase.get(kill["phase"], 0) + 1
+    return {
+        "cycles": len(cycles),
+        "identical": sum(c.identical for c in cycles),
+        "checkpoints_kept": sum(c.checkpoints_kept for c in cycles),
+        "kills_by_phase": by_phase,
+        "disk_full": [k for c in cycles if c.kind == "disk_full" for k in c.kills],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cycles", type=int, default=5)
-    parser.add_argument("--kills", type=int, default=2, help="SIGKILLs per cycle before the end")
+    parser.add_argument("--cycles", type=int, default=16, help="random-signal cycles")
+    parser.add_argument("--kills", type=int, default=2, help="signals per random cycle")
+    parser.add_argument("--point-cycles", type=int, default=2, help="cycles per fault point")
+    parser.add_argument("--no-disk-full", action="store_true", help="skip the tmpfs cycle")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="keep the run directories here")
     args = parser.parse_args(argv)
 
+    kinds = ["random"] * args.cycles
+    kinds += [point for point in _faults.POINTS for _ in range(args.point_cycles)]
+    kinds += [] if args.no_disk_full else ["disk_full"]
     rng = random.Random(args.seed)
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "overrides": list(QUICK_OVERRIDES),
+        "seed": args.seed,
+        "kills_per_cycle": args.kills,
+    }
     with contextlib.ExitStack() as stack:
         root = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         root.mkdir(parents=True, exist_ok=True)
         reference_dir = root / "reference"
         process = start_prune(reference_dir, resume=False, stdout=root / "reference.log")
-        window_s = active_seconds(process, reference_dir)
+        result["window_s"] = window_s = active_seconds(process, reference_dir)
         reference = comparable_result(reference_dir)
+        checkpoint_bytes = (reference_dir / "checkpoints" / "search" / "last.pt").stat().st_size
         print(f"uninterrupted run: {window_s:.1f} s after taking the lock", flush=True)
-        cycles = []
-        for index in range(1, args.cycles + 1):
-            cycle = run_cycle(index, root, reference, window_s, args.kills, rng)
+        cycles: list[Cycle] = []
+        for index, kind in enumerate(kinds, start=1):
+            cycle = run_cycle(
+                index, kind, root, reference, window_s, args.kills, checkpoint_bytes, rng
+            )
             print(
-                f"cycle {index}: kills in {[k['phase'] for k in cycle.kills]}, "
-                f"identical={cycle.identical} {cycle.differences[:3]}",
+                f"cycle {index} ({kind}): {[k['phase'] for k in cycle.kills]}, "
+                f"identical={cycle.identical} kept={cycle.checkpoints_kept} "
+                f"{cycle.differences[:3]}",
                 flush=True,
             )
             cycles.append(cycle)
-
-    by_phase: dict[str, int] = {}
-    for cycle in cycles:
-        for kill in cycle.kills:
-            by_phase[kill["phase"]] = by_phase.get(kill["phase"], 0) + 1
-    result = {
-        "machine": machine(),
-        "overrides": list(QUICK_OVERRIDES),
-        "seed": args.seed,
-        "kills_per_cycle": args.kills,
-        "window_s": window_s,
-        "summary": {
-            "cycles": len(cycles),
-            "identical": sum(c.identical for c in cycles),
-            "kills_by_phase": by_phase,
-        },
-        "cycles": [asdict(c) for c in cycles],
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fault_injection.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "fault_injection.md").write_text(render_markdown(result))
-    identical = result["summary"]["identical"]
-    print(f"{identical}/{len(cycles)} identical; wrote {RESULTS}/fault_injection.*")
+            # Written after every cycle, so an interrupted soak still shows what it found.
+            result.update(summary=_summary(cycles), cycles=[asdict(c) for c in cycles])
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / "fault_injection.json").write_text(json.dumps(result, indent=1) + "\n")
+            (RESULTS / "fault_injection.md").write_text(render_markdown(result))
+    summary = result["summary"]
+    print(f"{summary['identical']}/{len(cycles)} identical; wrote {RESULTS}/fault_injection.*")
     return result
 
 
