@@ -262,6 +262,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     phases = ", ".join(f"{phase}: {n}" for phase, n in sorted(summary["kills_by_phase"].items()))
     lines += ["", f"Random signals by phase: {phases}.", ""]
     lines += [f"Disk-full message: `{k['message']}`" for k in summary["disk_full"]]
+    if result["disk_full_not_run"]:
+        lines.append(f"**The disk-full cycle did not run:** {result['disk_full_not_run']}.")
     return "\n".join(lines) + "\n"
 
 
@@ -288,21 +290,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-disk-full", action="store_true", help="skip the tmpfs cycle")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="keep the run directories here")
+    parser.add_argument("--stem", default="fault_injection", help="results file name")
     args = parser.parse_args(argv)
 
     kinds = ["random"] * args.cycles
     kinds += [point for point in _faults.POINTS for _ in range(args.point_cycles)]
-    kinds += [] if args.no_disk_full else ["disk_full"]
     rng = random.Random(args.seed)
     result: dict[str, Any] = {
         "machine": machine(),
         "overrides": list(QUICK_OVERRIDES),
         "seed": args.seed,
         "kills_per_cycle": args.kills,
+        "disk_full_not_run": "--no-disk-full" if args.no_disk_full else None,
     }
     with contextlib.ExitStack() as stack:
         root = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         root.mkdir(parents=True, exist_ok=True)
+        if not args.no_disk_full:
+            try:  # a tmpfs needs root; without it the cycle is reported as not run
+                with _faults.small_disk(root / "mount_probe", size_mb=1):
+                    kinds.append("disk_full")
+            except OSError as exc:
+                result["disk_full_not_run"] = str(exc)
         reference_dir = root / "reference"
         process = start_prune(reference_dir, resume=False, stdout=root / "reference.log")
         result["window_s"] = window_s = active_seconds(process, reference_dir)
@@ -324,10 +333,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             # Written after every cycle, so an interrupted soak still shows what it found.
             result.update(summary=_summary(cycles), cycles=[asdict(c) for c in cycles])
             RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "fault_injection.json").write_text(json.dumps(result, indent=1) + "\n")
-            (RESULTS / "fault_injection.md").write_text(render_markdown(result))
+            (RESULTS / f"{args.stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+            (RESULTS / f"{args.stem}.md").write_text(render_markdown(result))
     summary = result["summary"]
-    print(f"{summary['identical']}/{len(cycles)} identical; wrote {RESULTS}/fault_injection.*")
+    print(f"{summary['identical']}/{len(cycles)} identical; wrote {RESULTS}/{args.stem}.*")
     return result
 
 

@@ -55,7 +55,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         short="--models vgg16_cifar --runtimes torch --repeats 2 --stem slim_speedup_short",
     ),
     Benchmark("timm_coverage", full="", short="--limit 8 --stem timm_coverage_short"),
-    Benchmark("fault_injection", full="--cycles 5", short="--cycles 1"),
+    Benchmark(
+        "fault_injection",
+        full="",
+        short="--cycles 1 --kills 1 --point-cycles 0 --no-disk-full --stem fault_injection_short",
+    ),
     Benchmark("user_models", full="--quiet", short="--budget short --quiet"),
 )
 BUDGETS = ("full", "short")
