@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +21,6 @@ from ebcompress.channels.graph import ChannelGraph
 from ebcompress.channels.groups import trace_channel_groups
 from ebcompress.engine.distributed import unwrap
 from ebcompress.methods.base import RunContext
-from ebcompress.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -88,17 +86,6 @@ def channel_scores(
 def channel_graph(run: RunContext) -> ChannelGraph:
     """The dense model's prunable channel groups (traced once, before it trains)."""
     return ChannelGraph(unwrap(run.model), run.example_inputs)
-
-
-def draw_options(recipe: Recipe) -> dict[str, Any]:
-    """The recipe's options for :meth:`ChannelGraph.draw` that every method honours."""
-    prune = recipe.prune
-    return {
-        "min_keep": prune.min_keep,
-        "max_group_ratio": prune.max_group_ratio,
-        "round_to": prune.round_to,
-        "model_name": recipe.model.name,
-    }
 
 
 class AfterBackward:

@@ -55,6 +55,8 @@ def full_ticket(
         epoch=epoch,
         importance=importance,
         model_name=model_name,
+        input_shape=graph.input_shape,
+        kept_dense=dict(graph.kept_dense),  # slim traces without them, as for a channel ticket
         extra={"granularity": "unstructured", **extra},
     )
 

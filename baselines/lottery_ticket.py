@@ -26,7 +26,7 @@ schedule, i.e. exactly the remainder the rewound weights belong to. ``retrain.mo
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -34,7 +34,6 @@ from ebcompress.baselines._common import (
     channel_graph,
     channel_scores,
     clone_state,
-    draw_options,
     group_layers,
 )
 from ebcompress.baselines._masks import (
@@ -45,13 +44,13 @@ from ebcompress.baselines._masks import (
     prunable_weights,
     weight_sparsity,
 )
+from ebcompress.baselines.lottery_ticket_options import LotteryTicketOptions
 from ebcompress.engine.distributed import unwrap
 from ebcompress.errors import UserError
 from ebcompress.methods.base import (
     RetrainPlan,
     RunContext,
     SearchOutcome,
-    register_method,
     train_dense,
 )
 
@@ -80,19 +79,12 @@ class RewindSnapshot:
             self.state = state.get("state")
 
 
-@register_method
 class LotteryTicket:
     """Train dense, prune by magnitude, rewind the survivors, retrain (one-shot LT)."""
 
-    key: ClassVar[str] = "lt"
-    title: ClassVar[str] = "Lottery ticket (one-shot)"
-
-    def __init__(self) -> None:
-        self._start: dict[str, Tensor] | None = None
-
     def search(self, run: RunContext) -> SearchOutcome:
         recipe, prune = run.recipe, run.recipe.prune
-        options = prune.lt
+        options: LotteryTicketOptions = prune.lt
         if options.rewind_epoch >= recipe.train.epochs:
             raise UserError(
                 f"prune.lt.rewind_epoch={options.rewind_epoch} must be below "
@@ -123,13 +115,13 @@ class LotteryTicket:
             scores = channel_scores(group_layers(model, run.example_inputs), magnitudes)
             ticket = graph.draw(
                 prune.ratio,
-                scope=prune.scope,
+                prune.draw_options(),
                 epoch=epoch,
                 importance=scores,
-                **draw_options(recipe),
+                model_name=recipe.model.name,
             )
-            self._start = rewound
-            return SearchOutcome(replace(ticket, importance="weight_l1"), epoch, extra=extra)
+            ticket = replace(ticket, importance="weight_l1")
+            return SearchOutcome(ticket, epoch, extra=extra, start_state=rewound)
 
         masks = global_magnitude_masks(magnitudes, prune.ratio)
         sparsity = weight_sparsity(masks)
@@ -141,17 +133,15 @@ class LotteryTicket:
             model_name=recipe.model.name,
             weight_sparsity=sparsity,
         )
-        self._start = masked_state(rewound, masks)
         extra["weight_sparsity"] = sparsity
-        return SearchOutcome(ticket, epoch, weight_masks=masks, extra=extra)
+        start = masked_state(rewound, masks)
+        return SearchOutcome(ticket, epoch, weight_masks=masks, extra=extra, start_state=start)
 
     def retrain_plan(self, run: RunContext, outcome: SearchOutcome) -> RetrainPlan:
-        if self._start is None:
-            raise RuntimeError("LotteryTicket.retrain_plan() needs search() to run first")
         callbacks = [WeightMaskCallback(outcome.weight_masks)] if outcome.weight_masks else []
         return RetrainPlan(
             start_epoch=run.recipe.prune.lt.rewind_epoch,
             end_epoch=run.recipe.train.epochs,
-            start_state=self._start,
+            start_state=outcome.start_state,
             callbacks=callbacks,
         )

@@ -15,17 +15,14 @@ after the full dense schedule instead of when it emerges.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from torch import Tensor
 
-from ebcompress.baselines._common import AfterBackward, channel_graph, draw_options
+from ebcompress.baselines._common import AfterBackward, channel_graph
 from ebcompress.earlybird.sparsity import BNL1Regularizer
 from ebcompress.methods.base import (
     RetrainPlan,
     RunContext,
     SearchOutcome,
-    register_method,
     train_dense,
 )
 from ebcompress.recipe import Recipe
@@ -41,12 +38,8 @@ def finetune_plan(recipe: Recipe, start_state: dict[str, Tensor] | None = None) 
     return RetrainPlan(start_epoch=0, end_epoch=epochs, start_state=start_state)
 
 
-@register_method
 class NetworkSlimming:
     """Full sparsity training, global BN-scale prune, fine-tune (Liu et al., 2017)."""
-
-    key: ClassVar[str] = "ns"
-    title: ClassVar[str] = "Network slimming"
 
     def search(self, run: RunContext) -> SearchOutcome:
         recipe, prune = run.recipe, run.recipe.prune
@@ -54,7 +47,10 @@ class NetworkSlimming:
         penalty = BNL1Regularizer(graph.bn_modules(), prune.sparsity)
         trainer = train_dense(run, [AfterBackward(penalty)])
         ticket = graph.draw(
-            prune.ratio, scope=prune.scope, epoch=trainer.last_epoch, **draw_options(recipe)
+            prune.ratio,
+            prune.draw_options(),
+            epoch=trainer.last_epoch,
+            model_name=recipe.model.name,
         )
         return SearchOutcome(ticket, trainer.last_epoch, extra={"sparsity": prune.sparsity})
 

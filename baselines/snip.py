@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,6 @@ from ebcompress.baselines._common import (
     channel_graph,
     channel_scores,
     clone_state,
-    draw_options,
     group_layers,
     sample_batches,
 )
@@ -51,9 +50,10 @@ from ebcompress.baselines._masks import (
     prunable_weights,
     weight_sparsity,
 )
+from ebcompress.baselines.snip_options import SnipOptions
 from ebcompress.channels.groups import modes_preserved
 from ebcompress.engine.distributed import unwrap
-from ebcompress.methods.base import RetrainPlan, RunContext, SearchOutcome, register_method
+from ebcompress.methods.base import RetrainPlan, RunContext, SearchOutcome
 
 
 def connection_sensitivity(
@@ -87,19 +87,12 @@ def connection_sensitivity(
     return scores
 
 
-@register_method
 class Snip:
     """Prune at initialisation by connection sensitivity, then train (Lee et al., 2019)."""
 
-    key: ClassVar[str] = "snip"
-    title: ClassVar[str] = "SNIP"
-
-    def __init__(self) -> None:
-        self._start: dict[str, Tensor] | None = None
-
     def search(self, run: RunContext) -> SearchOutcome:
         recipe, prune = run.recipe, run.recipe.prune
-        options = prune.snip
+        options: SnipOptions = prune.snip
         model = unwrap(run.model).to(run.device)
         graph = channel_graph(run)
         initial = clone_state(model)
@@ -109,10 +102,14 @@ class Snip:
         if options.granularity == "channel":
             scores = channel_scores(group_layers(model, run.example_inputs), sensitivity)
             ticket = graph.draw(
-                prune.ratio, scope=prune.scope, epoch=0, importance=scores, **draw_options(recipe)
+                prune.ratio,
+                prune.draw_options(),
+                epoch=0,
+                importance=scores,
+                model_name=recipe.model.name,
             )
-            self._start = initial
-            return SearchOutcome(replace(ticket, importance="snip"), 0, extra=extra)
+            ticket = replace(ticket, importance="snip")
+            return SearchOutcome(ticket, 0, extra=extra, start_state=initial)
 
         masks = global_magnitude_masks(sensitivity, prune.ratio)
         sparsity = weight_sparsity(masks)
@@ -124,17 +121,15 @@ class Snip:
             model_name=recipe.model.name,
             weight_sparsity=sparsity,
         )
-        self._start = masked_state(initial, masks)
         extra["weight_sparsity"] = sparsity
-        return SearchOutcome(ticket, 0, weight_masks=masks, extra=extra)
+        start = masked_state(initial, masks)
+        return SearchOutcome(ticket, 0, weight_masks=masks, extra=extra, start_state=start)
 
     def retrain_plan(self, run: RunContext, outcome: SearchOutcome) -> RetrainPlan:
-        if self._start is None:
-            raise RuntimeError("Snip.retrain_plan() needs search() to run first")
         callbacks = [WeightMaskCallback(outcome.weight_masks)] if outcome.weight_masks else []
         return RetrainPlan(
             start_epoch=0,
             end_epoch=run.recipe.train.epochs,
-            start_state=self._start,
+            start_state=outcome.start_state,
             callbacks=callbacks,
         )

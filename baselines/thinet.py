@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,19 +39,18 @@ from ebcompress.baselines._common import (
     channel_graph,
     channel_scores,
     clone_state,
-    draw_options,
     group_layers,
     sample_batches,
 )
 from ebcompress.baselines._masks import prunable_weights
 from ebcompress.baselines.network_slimming import finetune_plan
+from ebcompress.baselines.thinet_options import ThiNetOptions
 from ebcompress.channels.groups import modes_preserved
 from ebcompress.engine.distributed import unwrap
 from ebcompress.methods.base import (
     RetrainPlan,
     RunContext,
     SearchOutcome,
-    register_method,
     train_dense,
 )
 
@@ -225,19 +224,12 @@ def _forward_order(model: nn.Module, layers: Sequence[nn.Module], example: Tenso
     return order + [i for i in range(len(layers)) if i not in order]
 
 
-@register_method
 class ThiNet:
     """Dense training, greedy next-layer reconstruction pruning, fine-tune (Luo et al., 2017)."""
 
-    key: ClassVar[str] = "thinet"
-    title: ClassVar[str] = "ThiNet"
-
-    def __init__(self) -> None:
-        self._start: dict[str, Tensor] | None = None
-
     def search(self, run: RunContext) -> SearchOutcome:
         recipe, prune = run.recipe, run.recipe.prune
-        options = prune.thinet
+        options: ThiNetOptions = prune.thinet
         model = unwrap(run.model)
         graph = channel_graph(run)
         trainer = train_dense(run)
@@ -246,10 +238,10 @@ class ThiNet:
         # The uniform L1 ticket fixes each group's kept count and is the fallback's choice.
         probe = graph.draw(
             prune.ratio,
-            scope="uniform",
+            replace(prune.draw_options(), scope="uniform"),
             epoch=trainer.last_epoch,
             importance=channel_scores(layers, magnitudes),
-            **draw_options(recipe),
+            model_name=recipe.model.name,
         )
         widths = graph.widths
         eligible = [name for name in widths if _eligible(layers[name], widths, name, model)]
@@ -275,16 +267,15 @@ class ThiNet:
                     "selected": reconstruction_error(contrib, keep) / energy,
                     "rescaled": reconstruction_error(contrib, keep, scale) / energy,
                 }
-        self._start = clone_state(model)
         ticket = replace(probe, kept=kept, importance="thinet")
         extra = {
             "thinet_groups": eligible,
             "l1_fallback_groups": [name for name in widths if name not in errors],
             "relative_reconstruction_error": errors,
         }
-        return SearchOutcome(ticket, trainer.last_epoch, extra=extra)
+        # the consumers' rescaled weights: the slim network is cut from these
+        start = clone_state(model)
+        return SearchOutcome(ticket, trainer.last_epoch, extra=extra, start_state=start)
 
     def retrain_plan(self, run: RunContext, outcome: SearchOutcome) -> RetrainPlan:
-        if self._start is None:
-            raise RuntimeError("ThiNet.retrain_plan() needs search() to run first")
-        return finetune_plan(run.recipe, self._start)
+        return finetune_plan(run.recipe, outcome.start_state)

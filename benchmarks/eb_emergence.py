@@ -43,11 +43,14 @@ from ebcompress.cost.flops import count_flops, training_flops  # noqa: E402
 from ebcompress.data import DataSplit, load_data  # noqa: E402
 from ebcompress.deploy.bench import machine_info  # noqa: E402
 from ebcompress.earlybird.detector import EarlyBird  # noqa: E402
-from ebcompress.engine.trainer import EpochStats, Trainer  # noqa: E402
+from ebcompress.engine.stats import EpochStats  # noqa: E402
 from ebcompress.errors import UserError  # noqa: E402
+from ebcompress.methods.base import RetrainPlan  # noqa: E402
+from ebcompress.methods.data import data_options  # noqa: E402
 from ebcompress.methods.eb_train import early_bird_for  # noqa: E402
+from ebcompress.methods.training import build_trainer, retrain_schedule  # noqa: E402
 from ebcompress.models import build_model  # noqa: E402
-from ebcompress.recipe import Recipe, TrainConfig, load_recipe  # noqa: E402
+from ebcompress.recipe import Recipe, load_recipe  # noqa: E402
 from ebcompress.report.plots import new_figure, save_figure  # noqa: E402
 
 PAPER_DRAW_EPOCHS = (2, 5, 10, 20, 40)
@@ -106,15 +109,6 @@ def emergence_by_epsilon(
     }
 
 
-def retrain_schedule(train: TrainConfig, epochs: int) -> TrainConfig:
-    """The dense schedule's shape on ``epochs`` epochs (milestones scaled)."""
-    if epochs == train.epochs:
-        return train
-    scaled = sorted({round(m * epochs / train.epochs) for m in train.milestones})
-    milestones = [m for m in scaled if 0 < m < epochs]
-    return train.model_copy(update={"epochs": epochs, "milestones": milestones})
-
-
 def search(
     recipe: Recipe, data: DataSplit, ratios: list[float], draws: list[int], device: str
 ) -> tuple[DrawRecorder, EarlyBird, dict[str, Any]]:
@@ -125,15 +119,8 @@ def search(
     example = torch.randn(1, data.in_chans, data.image_size, data.image_size, device=device)
     bird = early_bird_for(recipe, model, example, ratios)
     recorder = DrawRecorder(bird, model, set(draws))
-    trainer = Trainer(
-        model,
-        data,
-        recipe.train,
-        phase="search",
-        callbacks=[recorder],
-        device=device,
-        seed=recipe.seed,
-        progress=False,
+    trainer = build_trainer(
+        model, data, recipe, "search", device=device, progress=False, callbacks=[recorder]
     )
     start = time.perf_counter()
     history = trainer.fit()
@@ -152,10 +139,11 @@ def retrain_ticket(
     data: DataSplit,
     state: dict[str, Tensor],
     ticket: Ticket,
-    schedule: TrainConfig,
+    epochs: int,
     device: str,
 ) -> dict[str, Any]:
-    """Slim the dense snapshot to ``ticket`` and retrain it; its accuracy, size and cost."""
+    """Slim the dense snapshot to ``ticket`` and retrain it for ``epochs`` epochs on the dense
+    schedule restarted and scaled (as the pipeline retrains); its accuracy, size and cost."""
     torch.manual_seed(recipe.seed)  # reinit: every ticket starts from the same initialisation
     model = build_model(recipe.model.name, data.num_classes, data.in_chans, **recipe.model.kwargs)
     if recipe.retrain.mode != "reinit":
@@ -165,15 +153,9 @@ def retrain_ticket(
     slim_model = slim(model, ticket, example)
     cost = count_flops(slim_model, (data.in_chans, data.image_size, data.image_size))
     torch.manual_seed(recipe.seed + 1)
-    trainer = Trainer(
-        slim_model,
-        data,
-        schedule,
-        phase="retrain",
-        lr=recipe.retrain.lr,
-        device=device,
-        seed=recipe.seed,
-        progress=False,
+    plan = RetrainPlan(start_epoch=0, end_epoch=epochs)
+    trainer = build_trainer(
+        slim_model, data, recipe, "retrain", device=device, progress=False, plan=plan
     )
     start = time.perf_counter()
     history = trainer.fit()
@@ -314,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     draws = draw_epochs_for(recipe.train.epochs, [int(e) for e in args.draw_epochs.split(",")])
     retrain_epochs = args.retrain_epochs or budget["retrain_epochs"] or recipe.train.epochs
     schedule = retrain_schedule(recipe.train, retrain_epochs)
-    data = load_data(recipe.data, root=args.data_root, seed=recipe.seed)
+    data = load_data(data_options(recipe.data), root=args.data_root, seed=recipe.seed)
 
     start, machine = time.perf_counter(), machine_info(args.device)
     recorder, bird, dense = search(recipe, data, ratios, draws, args.device)
@@ -345,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for epoch in epochs:
             ticket = recorder.tickets[epoch][ratio]
             state = recorder.states[epoch]
-            point = retrain_ticket(recipe, data, state, ticket, schedule, args.device)
+            point = retrain_ticket(recipe, data, state, ticket, retrain_epochs, args.device)
             flops = training_flops(dense["macs"], samples, epoch) + training_flops(
                 point["macs"], samples, retrain_epochs
             )

@@ -42,7 +42,8 @@ from _shared import RESULTS, SHORT_OVERRIDES, machine_line  # noqa: E402
 from ebcompress.deploy.bench import machine_info  # noqa: E402
 from ebcompress.errors import UserError  # noqa: E402
 from ebcompress.recipe import Recipe, load_recipe, validate_recipe  # noqa: E402
-from ebcompress.run.compare import run_compare, run_dir_name  # noqa: E402
+from ebcompress.run.compare import run_compare  # noqa: E402
+from ebcompress.run.paths import run_dir_name  # noqa: E402
 
 FLOPS_TARGET = 2.2  # NS training FLOPs / EB training FLOPs (the paper's lower figure)
 TIME_TARGET = 2.0  # NS wall time / EB wall time

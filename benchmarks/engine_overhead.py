@@ -28,9 +28,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ebcompress.data import load_data
-from ebcompress.engine.trainer import Trainer, build_optimizer
+from ebcompress.engine.optim import build_optimizer
+from ebcompress.methods.data import data_options
+from ebcompress.methods.training import build_trainer, optim_config
 from ebcompress.models import build_model
-from ebcompress.recipe import DataConfig, TrainConfig
+from ebcompress.recipe import DataConfig, Recipe, TrainConfig
 
 TARGET = 0.95
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -38,7 +40,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def plain_epoch(model: nn.Module, loader: DataLoader, cfg: TrainConfig, device) -> float:
     """images/s of the textbook loop: forward, loss, zero_grad, backward, step."""
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, optim_config(cfg))
     model.train()
     samples = 0
     start = time.perf_counter()
@@ -54,8 +56,8 @@ def plain_epoch(model: nn.Module, loader: DataLoader, cfg: TrainConfig, device) 
     return samples / (time.perf_counter() - start)
 
 
-def engine_epoch(model: nn.Module, data, cfg: TrainConfig, device) -> float:
-    trainer = Trainer(model, data, cfg, phase="bench", device=device, progress=False)
+def engine_epoch(model: nn.Module, data, recipe: Recipe, device) -> float:
+    trainer = build_trainer(model, data, recipe, "bench", device=device, progress=False)
     (stats,) = trainer.fit()
     return stats.images_per_s
 
@@ -79,8 +81,9 @@ def measure(args: argparse.Namespace) -> dict:
     data_cfg = DataConfig(
         name=args.data, image_size=args.image_size, train_subset=args.train_subset, test_subset=64
     )
-    data = load_data(data_cfg, seed=0)
+    data = load_data(data_options(data_cfg), seed=0)
     cfg = TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.01, milestones=[])
+    recipe = Recipe(data=data_cfg, train=cfg)
     kwargs = {"width_mult": args.width} if args.width else {}
 
     def fresh_model() -> nn.Module:
@@ -97,12 +100,12 @@ def measure(args: argparse.Namespace) -> dict:
         generator=torch.Generator().manual_seed(0),
     )
     plain_epoch(plain_model, loader, cfg, device)  # warm-up: allocator, kernels, caches
-    engine_epoch(engine_model, data, cfg, device)
+    engine_epoch(engine_model, data, recipe, device)
     plain, engine = [], []
     for repeat in range(args.repeats):
         runs = [
             lambda: plain.append(plain_epoch(plain_model, loader, cfg, device)),
-            lambda: engine.append(engine_epoch(engine_model, data, cfg, device)),
+            lambda: engine.append(engine_epoch(engine_model, data, recipe, device)),
         ]
         for run in runs if repeat % 2 == 0 else runs[::-1]:
             run()

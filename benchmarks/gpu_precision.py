@@ -38,9 +38,9 @@ from typing import Any
 import torch
 
 from ebcompress.cost.energy import available_counters
-from ebcompress.data import load_data
+from ebcompress.data import DataOptions, load_data
 from ebcompress.errors import UserError
-from ebcompress.recipe import DataConfig, load_recipe
+from ebcompress.recipe import load_recipe
 from ebcompress.run.pipeline import run_pipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,7 +84,7 @@ def fashion_data(root: str | None) -> tuple[str, str]:
     if root is None:
         return "digits", "no --data folder given; the fashion_mnist workload ran on digits"
     try:
-        load_data(DataConfig(name="fashion_mnist", root=root), root=root)
+        load_data(DataOptions(name="fashion_mnist", root=root), root=root)
     except UserError as err:
         return "digits", f"fashion_mnist not readable ({err}); the workload ran on digits"
     return "fashion_mnist", ""

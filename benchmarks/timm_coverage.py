@@ -132,7 +132,7 @@ def try_model(name: str, family: str, small: int, budget: float, workdir: Path) 
         step = "ticket"
         ticket = draw_ticket(model, RATIO, example_inputs=x)
         record["groups"], record["pruned_fraction"] = len(ticket.kept), ticket.pruned_fraction
-        record["dense_groups"] = len(ticket.extra.get("kept_dense", {}))
+        record["dense_groups"] = len(ticket.kept_dense)
         step = "slim"
         slim_model = slim(model, ticket, x).eval()
         record["params_kept"] = _params(slim_model) / _params(model)

@@ -5,10 +5,10 @@ Early-Bird run is the CLI, run as a subprocess exactly as a user would type it, 
 user-style recipe YAML written into the run folder: timm's defaults (no ``model.kwargs``, so
 ResNets keep ``zero_init_last=True``), one data set, a short plain SGD schedule and a pruning
 ratio. Next to each (architecture, data set) one dense reference is trained with the library's
-own engine (:class:`ebcompress.engine.trainer.Trainer`, same ``recipe.train`` and seed, no BN-L1
-penalty) on the same epoch budget: the EB run's slim net also retrains a full ``train.epochs``
-schedule (the library's default, ``retrain.schedule: restart``; a run whose report shows
-another retrain length is named in the causes of target (b)).
+own engine (:func:`ebcompress.methods.training.build_trainer`, same ``recipe.train`` and seed,
+no BN-L1 penalty) on the same epoch budget: the EB run's slim net also retrains a full
+``train.epochs`` schedule (the library's default, ``retrain.schedule: restart``; a run whose
+report shows another retrain length is named in the causes of target (b)).
 
 Data: scikit-learn's embedded 8x8 digits (1,437 train / 360 test, resized to 32 px) for every
 architecture at p = 0.3 and 0.5, and real Fashion-MNIST at 28 px (the IDX files in
@@ -64,9 +64,10 @@ from _shared import RESULTS, machine_line  # noqa: E402
 from ebcompress.cost.flops import count_flops  # noqa: E402
 from ebcompress.data import load_data  # noqa: E402
 from ebcompress.deploy.bench import machine_info  # noqa: E402
-from ebcompress.engine.trainer import Trainer  # noqa: E402
 from ebcompress.errors import UserError  # noqa: E402
 from ebcompress.methods.base import chance_top1  # noqa: E402
+from ebcompress.methods.data import data_options  # noqa: E402
+from ebcompress.methods.training import build_trainer  # noqa: E402
 from ebcompress.models import build_model  # noqa: E402
 from ebcompress.recipe import Recipe, load_recipe, parse_overrides  # noqa: E402
 
@@ -231,7 +232,7 @@ def dense_reference(
     resumed = (out / "checkpoints").exists()
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
-    data = load_data(recipe.data, root=data_root, seed=recipe.seed)
+    data = load_data(data_options(recipe.data), root=data_root, seed=recipe.seed)
     input_size = (data.in_chans, data.image_size, data.image_size)
     torch.manual_seed(recipe.seed)  # what the pipeline's build_dense does
     model = build_model(recipe.model.name, data.num_classes, data.in_chans, **recipe.model.kwargs)
@@ -242,16 +243,8 @@ def dense_reference(
     ]
     cost = count_flops(model, input_size)
     _seed_globals(recipe.seed)  # the pipeline seeds its search phase the same way
-    trainer = Trainer(
-        model,
-        data,
-        recipe.train,
-        phase="dense",
-        run_dir=out,
-        device=device,
-        seed=recipe.seed,
-        progress=progress,
-        num_workers=recipe.data.num_workers,
+    trainer = build_trainer(
+        model, data, recipe, "dense", device=device, run_dir=out, progress=progress
     )
     history = trainer.fit(resume=True)
     final = trainer.evaluate()
@@ -482,7 +475,8 @@ def build_row(
                 health.get("zero_init_bns") or ticket_file.get("zero_init_bns") or []
             ),
             "kept_dense_groups": health.get("kept_dense_groups")
-            or (ticket_file.get("extra") or {}).get("kept_dense")
+            or ticket_file.get("kept_dense")
+            or (ticket_file.get("extra") or {}).get("kept_dense")  # older tickets: untyped
             or {},
             "groups": len(group_fractions(ticket_file)),
             "groups_below_10pct": low,

@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "BNL1Regularizer": "ebcompress.earlybird.sparsity",
     "ChannelGraph": "ebcompress.channels.graph",
+    "DrawOptions": "ebcompress.channels.draw_options",
     "EarlyBird": "ebcompress.earlybird.detector",
     "FlopCount": "ebcompress.cost.flops",
     "MaskHistory": "ebcompress.earlybird.mask_history",
@@ -61,6 +62,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "BNL1Regularizer",
     "ChannelGraph",
+    "DrawOptions",
     "EarlyBird",
     "FlopCount",
     "MaskHistory",

@@ -15,12 +15,17 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, keep_suffix: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block ends normally, the file written
     there replaces ``path`` (fsynced first). On an exception the temporary file is removed,
-    ``path`` is untouched, and the exception propagates."""
+    ``path`` is untouched, and the exception propagates.
+
+    ``keep_suffix`` makes the temporary name end in ``path``'s suffix, for writers that insist
+    on it (``torch.export.save`` wants ``.pt2``); otherwise it ends in ``.tmp<pid>``, so that
+    no glob for the real files' suffix picks up a temporary file a kill left behind."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    stem, suffix = (path.stem, path.suffix) if keep_suffix else (path.name, "")
+    tmp = path.with_name(f".{stem}.tmp{os.getpid()}{suffix}")
     try:
         yield tmp
         _fsync_file(tmp)

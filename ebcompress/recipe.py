@@ -3,7 +3,9 @@
 A recipe is a short YAML delta over the documented defaults below (see docs/recipes.md).
 It may name a ``base:`` recipe to start from, and ``--set a.b=c`` overrides any field.
 Every section rejects unknown keys; a mistake is reported as a :class:`UserError` naming
-the dotted field path, the value and what is allowed.
+the dotted field path, the value and what is allowed: for a registered name (``prune.method``,
+whose entry brings its ``prune.<method>`` section, the precisions, ``data.name``,
+``export.formats``), the names its registry holds.
 
 Lookup: ``load_recipe("quickstart")`` reads the recipe shipped with the package,
 ``load_recipe("my.yaml")`` reads a file.
@@ -13,24 +15,47 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from ebcompress.channels.draw_options import DrawOptions
 from ebcompress.engine.preemption import parse_checkpoint_every
 from ebcompress.errors import UserError
+from ebcompress.methods.catalog import METHODS
 
-Precision = Literal["fp32", "bf16", "fp16", "bfp8"]
+_DRAW_FIELDS = tuple(f.name for f in fields(DrawOptions))
+
+
+def _registered(kind: str) -> AfterValidator:
+    """A check of a name against the registry of ``kind``; these live with what they name
+    (torch), so they are imported when a recipe is validated, not with this module."""
+
+    def check(name: str) -> str:
+        from ebcompress.data import DATASETS
+        from ebcompress.deploy.formats import FORMATS
+        from ebcompress.engine.precision import PRECISIONS
+
+        return {r.kind: r for r in (PRECISIONS, DATASETS, FORMATS)}[kind].check(name)
+
+    return AfterValidator(check)
+
+
+Precision = Annotated[str, _registered("precision")]
 
 
 class _Section(BaseModel):
@@ -87,9 +112,7 @@ class AugmentConfig(_Section):
 class DataConfig(_Section):
     """Which data set, where it lives, and the input size the model sees."""
 
-    name: Literal[
-        "digits", "fashion_mnist", "cifar10", "cifar100", "imagenet", "imagefolder", "fake"
-    ] = "digits"
+    name: Annotated[str, _registered("data set")] = "digits"
     root: str | None = None
     image_size: int = Field(32, ge=8, le=1024)
     train_subset: int | None = Field(None, ge=1)
@@ -151,47 +174,53 @@ class TrainConfig(_Section):
         return self
 
 
-class LotteryTicketOptions(_Section):
-    granularity: Literal["channel", "unstructured"] = "channel"
-    rewind_epoch: int = Field(0, ge=0)
+class _SharedPruneConfig(_Section):
+    """How the ticket is found. ``ratio`` is the fraction of prunable channels removed.
+    ``scope``, ``min_keep``, ``max_group_ratio``, ``round_to`` are :class:`DrawOptions`, with
+    its defaults and checks (:meth:`draw_options`); :data:`PruneConfig` adds method sections."""
 
-
-class SnipOptions(_Section):
-    granularity: Literal["channel", "unstructured"] = "channel"
-    batches: int = Field(4, ge=1)
-
-
-class ThiNetOptions(_Section):
-    samples: int = Field(256, ge=8)
-    positions_per_sample: int = Field(8, ge=1)
-
-
-class PruneConfig(_Section):
-    """How the ticket is found. ``ratio`` is the fraction of prunable channels removed."""
-
-    method: Literal["eb", "ns", "lt", "snip", "thinet"] = "eb"
+    method: Annotated[str, AfterValidator(METHODS.check)] = "eb"
     ratio: float = Field(0.3, gt=0, lt=1)
     watch_ratios: list[float] = Field(default_factory=list)
-    scope: Literal["global", "uniform"] = "global"
+    scope: str = DrawOptions.scope
     sparsity: float = Field(1e-4, ge=0)
     epsilon: float = Field(0.1, gt=0, le=1)
     window: int = Field(5, ge=2)
     max_search_epochs: int | None = Field(None, ge=1)
     min_search_epochs: int = Field(0, ge=0)
     learning_margin: float = Field(0.2, gt=0, lt=1)
-    min_keep: int = Field(1, ge=1)
-    max_group_ratio: float = Field(0.9, gt=0, le=1)
-    round_to: int | None = Field(None, ge=1)
-    lt: LotteryTicketOptions = Field(default_factory=LotteryTicketOptions)
-    snip: SnipOptions = Field(default_factory=SnipOptions)
-    thinet: ThiNetOptions = Field(default_factory=ThiNetOptions)
+    min_keep: int = DrawOptions.min_keep
+    max_group_ratio: float = DrawOptions.max_group_ratio
+    round_to: int | None = DrawOptions.round_to
+
+    @field_validator(*_DRAW_FIELDS)
+    @classmethod
+    def _draw_option(cls, value: Any, info: ValidationInfo) -> Any:
+        try:
+            DrawOptions(**{info.field_name: value})
+        except UserError as exc:  # pydantic reports ValueErrors with the field's path
+            raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
-    def _ratios_open_interval(self) -> PruneConfig:
+    def _ratios_open_interval(self) -> _SharedPruneConfig:
         bad = [r for r in self.watch_ratios if not 0 < r < 1]
         if bad:
             raise ValueError(f"watch_ratios {bad} must each lie in the open interval (0, 1)")
         return self
+
+    def draw_options(self) -> DrawOptions:
+        """The rules every method draws its ticket by: the one place the shell builds them."""
+        return DrawOptions(**{name: getattr(self, name) for name in _DRAW_FIELDS})
+
+
+#: The ``prune`` section: the shared fields and ``prune.<key>`` for each method with options.
+PruneConfig = create_model(
+    "PruneConfig",
+    __base__=_SharedPruneConfig,
+    __module__=__name__,
+    **{k: (i.options, Field(default_factory=i.options)) for k, i in METHODS.items() if i.options},
+)
 
 
 class RetrainConfig(_Section):
@@ -214,7 +243,7 @@ class RetrainConfig(_Section):
 
 
 class ExportConfig(_Section):
-    formats: list[Literal["bundle", "onnx", "torchscript", "pt2"]] = Field(
+    formats: list[Annotated[str, _registered("export format")]] = Field(
         default_factory=lambda: ["bundle"]
     )
     opset: int = Field(17, ge=9)

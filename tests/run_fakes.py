@@ -1,5 +1,6 @@
 """Finished run directories written with the real classes (MaskHistory, Ticket, TrainingLedger,
-EpochStats, Recipe) in the pipeline's layout, without training: fast fixtures for the report.
+EpochStats, Recipe, RunResults, RunState, RunPaths) in the pipeline's layout, without
+training: fast fixtures for the report.
 """
 
 from __future__ import annotations
@@ -7,15 +8,26 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ebcompress.channels.ticket import Ticket
-from ebcompress.cost.flops import TrainingLedger
+from ebcompress.cost.flops import FlopCount, TrainingLedger
 from ebcompress.earlybird.mask_history import MaskHistory
 from ebcompress.engine.trainer import EpochStats
 from ebcompress.recipe import load_recipe
+from ebcompress.run.paths import RunPaths
+from ebcompress.run.results import (
+    Accuracy,
+    CostSummary,
+    DataSummary,
+    ModelSummary,
+    RetrainSummary,
+    RunResults,
+    SearchSummary,
+    TicketSummary,
+)
+from ebcompress.run.state import RunState
 
 TRAIN_SAMPLES = 1000
 TEST_SAMPLES = 200
@@ -94,6 +106,7 @@ def make_fake_run_dir(
     accuracy (the chance level is 10 %).
     """
     run_dir = Path(path)
+    paths = RunPaths(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     milestones = [schedule_epochs // 2, schedule_epochs * 3 // 4]
@@ -106,36 +119,36 @@ def make_fake_run_dir(
             *([] if method == "eb" else ["retrain.epochs=5"]),
         ],
     )
-    (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    paths.recipe.write_text(recipe.to_yaml(), encoding="utf-8")
     if status != "finished":
-        (run_dir / "state.json").write_text(json.dumps({"status": status, "method": method}))
+        paths.state.write_text(json.dumps(RunState(status=status, method=method).to_dict()))
         return run_dir
 
     widths = _widths(num_groups, rng)
     prune = recipe.prune
     ratios = [prune.ratio, *prune.watch_ratios]
-    search: dict[str, Any]
+    search: SearchSummary
     if method == "eb":
         history, emerged, search_epochs = _search_masks(
             widths, ratios, prune.epsilon, prune.window, schedule_epochs - 2, rng
         )
-        history.save(run_dir / "masks")
+        history.save(paths.masks)
         mask = history.mask(prune.ratio, search_epochs)
-        search = {
-            "epochs": search_epochs,
-            "emerged_epochs": emerged,
-            "window_max_distances": {f"{r:g}": history.window_max_distances(r) for r in ratios},
-        }
+        search = SearchSummary(
+            epochs=search_epochs,
+            emerged_epochs=emerged,
+            window_max_distances={f"{r:g}": history.window_max_distances(r) for r in ratios},
+        )
         start = search_epochs
     else:
         search_epochs = schedule_epochs
         mask = _keep_top(rng.random(sum(widths.values())), prune.ratio)
-        search = {"epochs": search_epochs, "sparsity": prune.sparsity}
+        search = SearchSummary(epochs=search_epochs, extra={"sparsity": prune.sparsity})
         start = schedule_epochs - 5
     ticket = Ticket.from_mask(
         mask, widths, ratio=prune.ratio, epoch=search_epochs, model_name=recipe.model.name
     )
-    ticket.save(run_dir / "ticket.json")
+    ticket.save(paths.ticket)
 
     slim_macs = int(DENSE_MACS * (ticket.num_kept / ticket.num_channels) ** 2)
     ledger = TrainingLedger()
@@ -150,56 +163,49 @@ def make_fake_run_dir(
             records.append(stats.to_dict())
             ledger.add(phase, macs_per_sample=macs, samples=stats.samples, seconds=stats.seconds,
                        joules=stats.seconds * 95.0 if joules else None)  # fmt: skip
-    (run_dir / "metrics.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in records), encoding="utf-8"
-    )
+    paths.metrics.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 
-    cost = ledger.to_dict()
-    cost["dense_reference_flops"] = ledger.dense_reference(
-        DENSE_MACS, TRAIN_SAMPLES, schedule_epochs
-    )
-    cost["saving_vs_dense"] = cost["dense_reference_flops"] / ledger.total_flops
     dense_params, slim_params = 500_000, int(500_000 * ticket.num_kept / ticket.num_channels)
-    results = {
-        "run": recipe.name,
-        "method": method,
-        "seed": recipe.seed,
-        "data": {
-            "name": recipe.data.name,
-            "train": TRAIN_SAMPLES,
-            "test": TEST_SAMPLES,
-            "chance_top1": 0.1,
-            "skipped_images": 0,
-        },
-        "ticket": {
-            "ratio": ticket.ratio,
-            "epoch": ticket.epoch,
-            "emerged": True,
-            "note": "",
-            "pruned_fraction": ticket.pruned_fraction,
-            "num_channels": ticket.num_channels,
-            "num_kept": ticket.num_kept,
-        },
-        "search": search,
-        "retrain": {
-            "mode": "inherit",
-            "start_epoch": start,
-            "end_epoch": schedule_epochs,
-            "epochs": schedule_epochs - start,
-            "history_epochs": schedule_epochs - start,
-        },
-        "accuracy": {"test_top1": final_top1, "test_top5": 0.995, "test_loss": 0.31},
-        "cost": cost,
-        "model": {
-            "name": recipe.model.name,
-            "input_size": [1, 16, 16],
-            "dense": {"macs": DENSE_MACS, "flops": 2 * DENSE_MACS, "params": dense_params},
-            "slim": {"macs": slim_macs, "flops": 2 * slim_macs, "params": slim_params},
-            "mac_reduction": DENSE_MACS / slim_macs,
-            "param_reduction": dense_params / slim_params,
-        },
-    }
-    state = {"status": "finished", "method": method, "results": results,
-             "updated": "2026-01-01T00:00:00+0000"}  # fmt: skip
-    (run_dir / "state.json").write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    results = RunResults(
+        run=recipe.name,
+        method=method,
+        seed=recipe.seed,
+        data=DataSummary(
+            name=recipe.data.name, train=TRAIN_SAMPLES, test=TEST_SAMPLES, chance_top1=0.1
+        ),
+        ticket=TicketSummary(
+            ratio=ticket.ratio,
+            epoch=ticket.epoch,
+            emerged=True,
+            note="",
+            pruned_fraction=ticket.pruned_fraction,
+            num_channels=ticket.num_channels,
+            num_kept=ticket.num_kept,
+        ),
+        search=search,
+        retrain=RetrainSummary(
+            mode="inherit",
+            schedule="continue",  # the retrain resumes the dense schedule at ``start``
+            start_epoch=start,
+            end_epoch=schedule_epochs,
+            history_epochs=schedule_epochs - start,
+        ),
+        accuracy=Accuracy(test_top1=final_top1, test_top5=0.995, test_loss=0.31),
+        cost=CostSummary(
+            ledger=ledger,
+            dense_reference_flops=ledger.dense_reference(
+                DENSE_MACS, TRAIN_SAMPLES, schedule_epochs
+            ),
+        ),
+        model=ModelSummary(
+            name=recipe.model.name,
+            input_size=(1, 16, 16),
+            dense=FlopCount(macs=DENSE_MACS, params=dense_params),
+            slim=FlopCount(macs=slim_macs, params=slim_params),
+        ),
+    )
+    state = RunState(
+        status="finished", method=method, results=results, updated="2026-01-01T00:00:00+0000"
+    )
+    paths.state.write_text(json.dumps(state.to_dict(), indent=1) + "\n", encoding="utf-8")
     return run_dir

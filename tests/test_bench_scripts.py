@@ -263,7 +263,7 @@ def test_user_models_runs_the_cli_on_a_stock_timm_model_and_judges_the_targets(
         raise AssertionError("a finished run was run again")
 
     monkeypatch.setattr(user_models.subprocess, "Popen", refuse)
-    monkeypatch.setattr(user_models, "Trainer", refuse)
+    monkeypatch.setattr(user_models, "build_trainer", refuse)
     again = user_models.main(argv)
     assert [r["wall_seconds"] for r in again["rows"]] == [r["wall_seconds"] for r in rows]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ebcompress.errors import UserError
-from ebcompress.recipe import Recipe, load_recipe, parse_overrides, shipped_recipes
+from ebcompress.recipe import Recipe, load_recipe, parse_overrides, shipped_recipes, validate_recipe
 
 
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))
@@ -127,3 +127,83 @@ def test_normalisation_in_0_255_units_is_refused() -> None:
     with pytest.raises(UserError, match=r"data.*mean \[123.7, 116.3, 103.5\] must be in 0..1"):
         load_recipe("quickstart", ["data.mean=[123.7,116.3,103.5]"])
     assert load_recipe("quickstart", ["data.std=[0.5]"]).data.std == [0.5]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("prune.method=magic", "prune.method: Value error, method 'magic' is not one of eb, ns,"),
+        ("train.precision=int4", "train.precision: Value error, precision 'int4' is not one of"),
+        ("retrain.precision=fp8", "retrain.precision: Value error, precision 'fp8' is not one"),
+        ("data.name=mnist", "data.name: Value error, data set 'mnist' is not one of digits,"),
+        ("export.formats=[onnx,tflite]", "export.formats.1: Value error, export format 'tflite'"),
+    ],
+)
+def test_registered_names_are_checked_against_their_registries(override, expected) -> None:
+    with pytest.raises(UserError) as info:
+        load_recipe("quickstart", [override])
+    assert expected in str(info.value)
+
+
+def test_each_method_with_options_brings_its_own_section_from_the_catalogue() -> None:
+    from ebcompress.methods.catalog import METHODS
+    from ebcompress.recipe import PruneConfig
+
+    owned = {key: info.options for key, info in METHODS.items() if info.options is not None}
+    assert set(owned) == {"lt", "snip", "thinet"}
+    for key, options in owned.items():
+        assert PruneConfig.model_fields[key].annotation is options
+        assert getattr(PruneConfig(), key) == options()
+    recipe = load_recipe("quickstart", ["prune.lt.rewind_epoch=2", "prune.snip.batches=1"])
+    assert (recipe.prune.lt.rewind_epoch, recipe.prune.snip.batches) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("prune.lt.rewind=2", "unknown key 'prune.lt.rewind'; allowed here: granularity, rewind"),
+        ("prune.snip.granularity=block", "prune.snip.granularity"),
+        ("prune.thinet.samples=4", "prune.thinet.samples"),
+        ("prune.ns.anything=1", "unknown key 'prune.ns'"),  # ns has no options of its own
+    ],
+)
+def test_method_options_reject_unknown_keys_and_bad_values(override, expected) -> None:
+    with pytest.raises(UserError, match=expected):
+        load_recipe("quickstart", [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("prune.min_keep=0", "prune.min_keep: Value error, min_keep=0 must be >= 1"),
+        ("prune.max_group_ratio=1.5", "prune.max_group_ratio: Value error, max_group_ratio=1.5"),
+        ("prune.round_to=0", "prune.round_to: Value error, round_to=0 must be >= 1"),
+    ],
+)
+def test_draw_options_are_checked_by_draw_options_itself(override, expected) -> None:
+    with pytest.raises(UserError) as info:
+        load_recipe("quickstart", [override])
+    assert expected in str(info.value)
+
+
+def test_the_prune_section_builds_the_draw_options() -> None:
+    from ebcompress.channels.draw_options import DrawOptions
+
+    prune = load_recipe("quickstart", ["prune.scope=uniform", "prune.round_to=8"]).prune
+    assert prune.draw_options() == DrawOptions(scope="uniform", round_to=8)
+    assert Recipe().prune.draw_options() == DrawOptions()  # the defaults are DrawOptions' own
+
+
+def test_a_resolved_recipe_written_before_the_registries_loads_the_same() -> None:
+    # recipe.yaml of a run written by the previous version (its prune section in full)
+    written = load_recipe("vgg16_cifar10_p30").to_dict()
+    old_prune = {
+        "method": "eb", "ratio": 0.3, "watch_ratios": [], "scope": "global", "sparsity": 0.0001,
+        "epsilon": 0.1, "window": 5, "max_search_epochs": None, "min_search_epochs": 0,
+        "learning_margin": 0.2, "min_keep": 1, "max_group_ratio": 1.0, "round_to": None,
+        "lt": {"granularity": "channel", "rewind_epoch": 0},
+        "snip": {"granularity": "channel", "batches": 4},
+        "thinet": {"samples": 256, "positions_per_sample": 8},
+    }  # fmt: skip
+    assert written["prune"] == old_prune and list(written["prune"]) == list(old_prune)
+    assert validate_recipe({**written, "prune": old_prune}).to_dict() == written

@@ -2,13 +2,40 @@
 ticket, and slim a network to it.
 
 ``groups`` traces, ``tp_compat`` scopes the torch-pruning workarounds, ``probe`` finds the
-groups that must stay dense, ``graph`` ranks and draws (``ChannelGraph``, ``draw_ticket``),
-``ticket`` is the drawn result, ``slim`` cuts the network. Nothing here imports the recipe
-schema, pydantic, safetensors or onnx.
+groups that must stay dense, ``graph`` ranks and draws (``ChannelGraph``, ``draw_ticket``) by
+the rules of ``draw_options`` (``DrawOptions``), with ``ranking``'s arithmetic, ``ticket`` is
+the drawn result, ``slim`` cuts the network. Nothing here imports the recipe schema,
+pydantic, safetensors or onnx.
+
+The names below load on first use (PEP 562), so the recipe schema can import
+``ebcompress.channels.draw_options`` without torch-pruning. The ``slim`` function is not
+among them: ``ebcompress.channels.slim`` is its module (use ``eb.slim`` or
+``from ebcompress.channels.slim import slim``).
 """
 
-from ebcompress.channels.graph import ChannelGraph, draw_ticket
-from ebcompress.channels.slim import masked_equivalent, slim
-from ebcompress.channels.ticket import Ticket, mask_distance
+import importlib
+from typing import Any
 
-__all__ = ["ChannelGraph", "Ticket", "draw_ticket", "mask_distance", "masked_equivalent", "slim"]
+_PUBLIC = {
+    "ChannelGraph": "ebcompress.channels.graph",
+    "DrawOptions": "ebcompress.channels.draw_options",
+    "Ticket": "ebcompress.channels.ticket",
+    "draw_ticket": "ebcompress.channels.graph",
+    "mask_distance": "ebcompress.channels.ticket",
+    "masked_equivalent": "ebcompress.channels.slim",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'ebcompress.channels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+__all__ = sorted(_PUBLIC)

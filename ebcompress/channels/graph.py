@@ -12,8 +12,8 @@ prunable channels *globally* and removing the smallest fraction ``ratio`` (the p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,17 +21,30 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ebcompress.channels.capped import CappedGroupsWarning, capped_summary, warn_capped
-from ebcompress.channels.groups import ChannelGroup, GroupHandle, same_layers, trace_channel_groups
+from ebcompress.channels.draw_options import DrawOptions
+from ebcompress.channels.groups import ChannelGroup, same_layers, trace_channel_groups
 from ebcompress.channels.probe import find_unslimmable
+from ebcompress.channels.ranking import (
+    BnGather,
+    choose_kept,
+    counted_sources,
+    global_removal,
+    group_floor,
+    weight_importance,
+)
 from ebcompress.channels.ticket import Ticket, structure_fingerprint
 from ebcompress.channels.zero_init import is_zero_initialised
+from ebcompress.checks import check_batch, check_module, check_number, check_runs
 from ebcompress.errors import UserError
 
-__all__ = ["CappedGroupsWarning", "ChannelGraph", "capped_summary", "draw_ticket", "warn_capped"]
-
-SCOPES = ("global", "uniform")
-#: Keep at least 10 % of every group unless asked otherwise (torch-pruning's max_pruning_ratio).
-DEFAULT_MAX_GROUP_RATIO = 0.9
+__all__ = [
+    "CappedGroupsWarning",
+    "ChannelGraph",
+    "DrawOptions",
+    "capped_summary",
+    "draw_ticket",
+    "warn_capped",
+]
 
 
 class ChannelGraph:
@@ -63,6 +76,8 @@ class ChannelGraph:
         every ticket drawn (``Ticket.ignored_layers``), so :func:`ebcompress.channels.slim.slim` and
         :func:`ebcompress.load` replay them. A layer that is not in ``model`` is a UserError.
         """
+        check_module(model, "model")
+        check_runs(model, check_batch(example_inputs, "example_inputs"), "example_inputs")
         layers = same_layers(model, model, ignored_layers)  # names -> modules; unknown: error
         names = {module: name for name, module in model.named_modules()}
         self.ignored_layer_names: tuple[str, ...] = tuple(names[m] for m in layers)
@@ -94,14 +109,14 @@ class ChannelGraph:
         :meth:`ebcompress.EarlyBird.load_state_dict` to restore a search's choice."""
         wanted = set(bn_names)
         ignored = {bn for bn in self.bn_modules() if self._names[bn] in wanted}
-        self._gather = _BnGather(
+        self._gather = BnGather(
             self._handles, self._starts.tolist(), self.bn_modules(), ignored=ignored
         )
         left_out = {
             bn
             for handle in self._handles
             for bn, _, _ in handle.bn_sources
-            if bn in ignored and _counted_sources(handle, ignored) is not handle.bn_sources
+            if bn in ignored and counted_sources(handle, ignored) is not handle.bn_sources
         }
         self.zero_init_bns: tuple[str, ...] = tuple(
             self._names[bn] for bn in self.bn_modules() if bn in left_out
@@ -141,23 +156,23 @@ class ChannelGraph:
         flat = self._gather()
         for handle, start in zip(self._handles, self._starts.tolist(), strict=True):
             if not handle.bn_sources:
-                flat[start : start + handle.info.width] = _weight_importance(handle)
+                flat[start : start + handle.info.width] = weight_importance(handle)
         return flat.cpu()  # one device sync
 
     def draw(
         self,
         ratio: float,
+        options: DrawOptions | None = None,
         *,
-        scope: str = "global",
-        min_keep: int = 1,
-        max_group_ratio: float = DEFAULT_MAX_GROUP_RATIO,
-        round_to: int | None = None,
         epoch: int | None = None,
         importance: dict[str, torch.Tensor] | None = None,
         model_name: str | None = None,
         warn: bool = True,
+        **changes: Any,
     ) -> Ticket:
-        """Draw a ticket removing the fraction ``ratio`` of the prunable channels.
+        """Draw a ticket removing the fraction ``ratio`` of the prunable channels, by the rules
+        of ``options`` (default :class:`DrawOptions`) with ``changes`` applied: any of its
+        fields by keyword, so ``draw(0.5, min_keep=2)`` works as well.
 
         ``scope="global"`` (the paper's) ranks all channels together by (importance, global
         channel index) and removes the first ``round(ratio * N)``; the index tie-break keeps
@@ -181,7 +196,9 @@ class ChannelGraph:
         positions in each slice, so its count is rounded to a multiple of the slice count; only
         then can the total differ from ``round(ratio*N)`` (besides the limits).
         """
-        _check_draw_args(ratio, scope, min_keep, round_to, max_group_ratio)
+        _check_ratio(ratio)
+        rules = (options or DrawOptions()).updated(**changes)
+        scope, min_keep, round_to = rules.scope, rules.min_keep, rules.round_to
         scores = self._scores(importance)
         ranked = np.array(
             [
@@ -190,13 +207,13 @@ class ChannelGraph:
             ]
         )
         removed = np.zeros(scores.size, dtype=bool)
-        floors = np.array([_floor(h, min_keep, max_group_ratio) for h in self._handles])
+        floors = np.array([group_floor(h, min_keep, rules.max_group_ratio) for h in self._handles])
         # channels each group would lose without the floors, to tell a binding limit apart
         # from a group that merely ends where its floor happens to be
         wanted = np.round(ratio * self._widths).astype(np.int64)
         if ranked.any():
             pool = np.flatnonzero(np.repeat(ranked, self._widths))
-            removed[pool], wanted[ranked] = _global_removal(
+            removed[pool], wanted[ranked] = global_removal(
                 scores[pool], self._widths[ranked], floors[ranked], ratio
             )
         kept, capped = {}, {}
@@ -209,9 +226,11 @@ class ChannelGraph:
                 kept[name] = tuple(np.flatnonzero(~removed[segment]).tolist())
             else:
                 n_removed = int(removed[segment].sum()) if in_pool else round(ratio * width)
-                kept[name] = _choose(handle, scores[segment], width - n_removed, floor, round_to)
+                kept[name] = choose_kept(
+                    handle, scores[segment], width - n_removed, floor, round_to
+                )
             if want > width - floor:  # the limit bound, whatever round_to then added
-                at_min_keep = floor == _floor(handle, min_keep, 1.0)
+                at_min_keep = floor == group_floor(handle, min_keep, 1.0)
                 capped[name] = "min_keep" if at_min_keep else "max_group_ratio"
         ticket = Ticket(
             kept=kept,
@@ -224,14 +243,9 @@ class ChannelGraph:
             ignored_layers=self.ignored_layer_names,
             capped=capped,
             zero_init_bns=self.zero_init_bns if importance is None else (),
-            extra={
-                "scope": scope,
-                "min_keep": min_keep,
-                "max_group_ratio": max_group_ratio,
-                "round_to": round_to,
-                "input_shape": list(self.input_shape),  # lets slim() trace without an input
-                "kept_dense": dict(self.kept_dense),
-            },
+            input_shape=self.input_shape,
+            kept_dense=dict(self.kept_dense),
+            extra=rules.to_dict(),
         )
         if warn:
             warn_capped(ticket)
@@ -273,163 +287,25 @@ class ChannelGraph:
 def draw_ticket(
     model: nn.Module,
     ratio: float,
+    options: DrawOptions | None = None,
     *,
     example_inputs: torch.Tensor,
-    scope: str = "global",
-    min_keep: int = 1,
-    max_group_ratio: float = DEFAULT_MAX_GROUP_RATIO,
-    round_to: int | None = None,
     ignored_layers: Sequence[nn.Module | str] = (),
+    **changes: Any,
 ) -> Ticket:
-    """One-shot :meth:`ChannelGraph.draw` on ``model`` (traces the model once).
+    """One-shot :meth:`ChannelGraph.draw` on ``model`` (traces the model once), by
+    ``options`` with ``changes`` (its fields by keyword) applied, as there.
 
     ``ignored_layers`` are :class:`ChannelGraph`'s: kept dense and recorded in the ticket.
     """
+    _check_ratio(ratio)  # the options and the ratio before the trace
+    rules = (options or DrawOptions()).updated(**changes)
     graph = ChannelGraph(model, example_inputs, ignored_layers=ignored_layers)
-    return graph.draw(
-        ratio, scope=scope, min_keep=min_keep, max_group_ratio=max_group_ratio, round_to=round_to
-    )
+    return graph.draw(ratio, rules)
 
 
-def _check_draw_args(
-    ratio: float, scope: str, min_keep: int, round_to: int | None, max_group_ratio: float
-) -> None:
-    if not 0.0 <= ratio < 1.0:
+def _check_ratio(ratio: float) -> None:
+    if not 0.0 <= check_number(ratio, "pruning ratio") < 1.0:
         raise UserError(
             f"pruning ratio {ratio} must be in [0, 1) (the fraction of channels removed)"
         )
-    check_draw_options(scope, min_keep, round_to, max_group_ratio)
-
-
-def check_draw_options(
-    scope: str, min_keep: int, round_to: int | None, max_group_ratio: float
-) -> None:
-    """UserError for a draw option :meth:`ChannelGraph.draw` would refuse (callers that draw
-    later, such as :class:`ebcompress.EarlyBird`, check before training starts)."""
-    if not 0.0 < max_group_ratio <= 1.0:
-        raise UserError(
-            f"max_group_ratio={max_group_ratio} must be in (0, 1] (the largest fraction of one "
-            "group that may be removed; 1.0 = no cap)"
-        )
-    if scope not in SCOPES:
-        raise UserError(f"pruning scope {scope!r} must be one of {', '.join(SCOPES)}")
-    if min_keep < 1:
-        raise UserError(f"min_keep={min_keep} must be >= 1 (a group cannot lose all its channels)")
-    if round_to is not None and round_to < 1:
-        raise UserError(f"round_to={round_to} must be >= 1 or null")
-
-
-class _BnGather:
-    """Mean ``|gamma|`` of every group channel in a few tensor ops (EB draws every epoch).
-
-    All BN scales are concatenated; ``source[k]`` is the position of a BN channel in that
-    vector and ``target[k]`` the group channel it scales, over all groups at once.
-    """
-
-    def __init__(
-        self,
-        handles: list[GroupHandle],
-        starts: list[int],
-        bns: list[_BatchNorm],
-        ignored: set[_BatchNorm] | frozenset[_BatchNorm] = frozenset(),
-    ):
-        self._bns = bns
-        sizes = [bn.num_features for bn in bns]
-        offsets = dict(zip(bns, np.cumsum([0, *sizes])[:-1].tolist(), strict=True))
-        sources, targets = [], []
-        for handle, start in zip(handles, starts, strict=True):
-            width = handle.info.width
-            for bn, bn_index, root_index in _counted_sources(handle, ignored):
-                sources.append(
-                    offsets[bn] + (torch.arange(width) if bn_index is None else bn_index)
-                )
-                targets.append(start + (torch.arange(width) if root_index is None else root_index))
-        self._size = starts[-1] + handles[-1].info.width
-        self._source = torch.cat(sources) if sources else torch.zeros(0, dtype=torch.long)
-        self._target = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long)
-        # groups without BN get weight magnitudes instead; 1 avoids dividing by zero there
-        self._count = torch.bincount(self._target, minlength=self._size).clamp(min=1).float()
-        self._on: dict[torch.device, tuple[torch.Tensor, ...]] = {}
-
-    def __call__(self) -> torch.Tensor:
-        if not self._bns:
-            return torch.zeros(self._size)
-        gammas = torch.cat([bn.weight.detach() for bn in self._bns]).abs().float()
-        device = gammas.device
-        if device not in self._on:
-            self._on[device] = tuple(
-                t.to(device) for t in (self._source, self._target, self._count)
-            )
-        source, target, count = self._on[device]
-        return gammas.new_zeros(self._size).index_add_(0, target, gammas[source]) / count
-
-
-def _counted_sources(
-    handle: GroupHandle, ignored: set[_BatchNorm] | frozenset[_BatchNorm]
-) -> tuple[tuple[_BatchNorm, torch.Tensor | None, torch.Tensor | None], ...]:
-    """The group's BN sources without the ``ignored`` (zero-initialised) ones, as long as the
-    rest still scale every channel of the group; otherwise all of them."""
-    kept = tuple(source for source in handle.bn_sources if source[0] not in ignored)
-    width = handle.info.width
-    cover = torch.zeros(width)
-    for _, _, root_index in kept:
-        cover += 1 if root_index is None else torch.bincount(root_index, minlength=width)
-    return kept if kept and bool((cover > 0).all()) else handle.bn_sources
-
-
-def _weight_importance(handle: GroupHandle) -> torch.Tensor:
-    l1 = torch.linalg.vector_norm(handle.root.weight.detach().float().flatten(1), ord=1, dim=1)
-    mean = l1.mean()
-    return l1 / mean if mean > 0 else l1
-
-
-def _floor(handle: GroupHandle, min_keep: int, max_group_ratio: float) -> int:
-    """The fewest channels a group may keep: ``min_keep`` and ``(1 - max_group_ratio)`` of
-    its width, in whole slices, never more than the width."""
-    width = handle.info.width
-    # the epsilon keeps e.g. (1 - 0.9) * 10 = 1.0000000000000002 from rounding up to 2
-    share = math.ceil((1.0 - max_group_ratio) * width - 1e-9)
-    return min(width, handle.unit * math.ceil(max(min_keep, share) / handle.unit))
-
-
-def _global_removal(
-    values: np.ndarray, widths: np.ndarray, floors: np.ndarray, ratio: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Which of the concatenated channels of groups ``widths`` the global ranking removes,
-    and how many of each group's channels it would remove without the floors.
-
-    The ``round(ratio * N)`` channels first in ascending (importance, index) order, skipping
-    those a group needs to keep ``floors`` channels.
-    """
-    owner = np.repeat(np.arange(widths.size, dtype=np.int32), widths)
-    order = np.argsort(values, kind="stable")  # stable: ties go by channel index
-    owner_sorted = owner[order]
-    # each channel's rank within its own group, in ranking order
-    by_owner = np.argsort(owner_sorted, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
-    rank_in_group = np.empty_like(by_owner)
-    rank_in_group[by_owner] = np.arange(values.size) - starts[owner_sorted[by_owner]]
-    caps = widths - np.minimum(widths, floors)
-    eligible = np.flatnonzero(rank_in_group < caps[owner_sorted])
-    count = round(ratio * values.size)
-    removed = np.zeros(values.size, dtype=bool)
-    removed[order[eligible[:count]]] = True
-    return removed, np.bincount(owner_sorted[:count], minlength=widths.size)
-
-
-def _choose(
-    handle: GroupHandle, score: np.ndarray, n_keep: int, floor: int, round_to: int | None
-) -> tuple[int, ...]:
-    """The ``n_keep`` most important channels of a group, at least ``floor`` (a multiple of
-    the slice count), after round_to and slices."""
-    unit, width = handle.unit, handle.info.width
-    size = width // unit
-    keep = max(round(n_keep / unit), floor // unit)
-    if round_to is not None:
-        step = round_to // math.gcd(round_to, unit)
-        keep = math.ceil(keep / step) * step
-    keep = min(keep, size)
-    per_slice = score[:size]  # slices share their scores (see ChannelGraph._scores)
-    order = np.argsort(per_slice, kind="stable")  # the global ranking's order
-    positions = np.sort(order[size - keep :])
-    return tuple((positions[None, :] + size * np.arange(unit)[:, None]).reshape(-1).tolist())

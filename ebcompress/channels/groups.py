@@ -124,12 +124,23 @@ def same_layers(
     """The modules of ``clone`` at the places ``layers`` (modules or names) name in ``original``.
 
     A module that is not a submodule of ``original``, or a name neither model has, is a
-    one-line UserError (a module's repr spans many lines, so it is named by its type).
+    one-line UserError (a module's repr spans many lines, so it is named by its type);
+    anything but a collection of modules and names is a TypeError.
     """
+    if isinstance(layers, str) or not isinstance(layers, Iterable):
+        raise TypeError(
+            "ignored_layers must be a list of the model's modules or their names, e.g. "
+            f"[model.layer1] or ['layer1'], got {type(layers).__name__}"
+        )
     names = {module: name for name, module in original.named_modules()}
     clone_modules = dict(clone.named_modules())
     out = []
     for layer in layers:
+        if not isinstance(layer, (str, nn.Module)):
+            raise TypeError(
+                f"ignored_layers holds a {type(layer).__name__}; list the model's modules "
+                "(e.g. model.layer1) or their names"
+            )
         name = layer if isinstance(layer, str) else names.get(layer)
         if name is None:
             raise UserError(
@@ -166,7 +177,9 @@ def out_width(module: nn.Module) -> int | None:
 
 class ChannelTrace(NamedTuple):
     """What one torch-pruning trace found: the graph, the prunable groups, and the groups
-    kept dense because a layer in them cannot be channel-pruned (root name -> reason)."""
+    kept dense because a layer in them cannot be channel-pruned (root name -> reason).
+    The graph needs ebcompress's fixes to form groups: use
+    :func:`ebcompress.channels.probe.pruning_group` (or enter ``tp_compat.patched()``)."""
 
     graph: tp.DependencyGraph
     handles: list[GroupHandle]
@@ -199,7 +212,12 @@ def trace_channel_groups(
     dense = dense or {}
     order = {module: i for i, (_, module) in enumerate(model.named_modules())}
     names: dict[nn.Module | nn.Parameter, str] = {m: name for name, m in model.named_modules()}
-    with modes_preserved(model), _all_parameters_traced(model), torch.enable_grad():
+    with (
+        tp_compat.patched(),
+        modes_preserved(model),
+        _all_parameters_traced(model),
+        torch.enable_grad(),
+    ):
         graph, mapping = tp_compat.dependency_graph()
         graph.build_dependency(model, first_sample(example_inputs, model), verbose=False)
         names.update((param, name) for name, param in model.named_parameters())

@@ -28,6 +28,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ebcompress.channels import tp_compat
 from ebcompress.channels.groups import (
     GroupHandle,
     clone_module,
@@ -65,9 +66,11 @@ def find_unslimmable(
 
 
 def pruning_group(graph: tp.DependencyGraph, handle: GroupHandle, idxs: list[int]) -> tp.Group:
-    """torch-pruning's group removing output channels ``idxs`` of ``handle``'s root."""
+    """torch-pruning's group removing output channels ``idxs`` of ``handle``'s root (formed
+    with ebcompress's fixes, which ``graph``, traced by ``trace_channel_groups``, needs)."""
     pruner = graph.get_pruner_of_module(handle.root)
-    return graph.get_pruning_group(handle.root, pruner.prune_out_channels, idxs)
+    with tp_compat.patched():
+        return graph.get_pruning_group(handle.root, pruner.prune_out_channels, idxs)
 
 
 def width_error(handle: GroupHandle, kept: int) -> str | None:

@@ -29,6 +29,7 @@ from ebcompress.channels.groups import trace_channel_groups as _trace
 from ebcompress.channels.probe import forward_error, pruning_group, width_error
 from ebcompress.channels.ticket import Ticket, structure_fingerprint
 from ebcompress.channels.timm_compat import sync_timm_attributes
+from ebcompress.checks import check_batch, check_instance, check_module, check_runs
 from ebcompress.errors import UserError
 
 LayerRef = nn.Module | str
@@ -110,17 +111,31 @@ def masked_equivalent(
 def resolve_example_inputs(
     model: nn.Module, ticket: Ticket, example_inputs: torch.Tensor | None
 ) -> torch.Tensor:
-    """``example_inputs``, or a random batch of one in the shape recorded in the ticket."""
+    """``example_inputs``, or a random batch of one in the shape recorded in the ticket.
+
+    The arguments are checked first (TypeError or UserError naming them): ``model`` must be a
+    module, ``ticket`` a :class:`Ticket`, and the batch one the model runs.
+    """
+    check_module(model, "model")
+    check_instance(ticket, Ticket, "ticket", how="Ticket.load(path) or Ticket.from_dict(data)")
     if example_inputs is not None:
+        check_runs(model, check_batch(example_inputs, "example_inputs"), "example_inputs")
         return example_inputs
-    shape = ticket.extra.get("input_shape")
+    shape = ticket.input_shape
     if not shape:
         raise UserError(
             "this ticket records no input shape; pass example_inputs (one batch, e.g. "
             "torch.randn(1, 3, 32, 32))"
         )
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(1, *shape, generator=generator).to(model_device(model))
+    batch = torch.randn(1, *shape, generator=generator).to(model_device(model))
+    check_runs(
+        model,
+        batch,
+        "a batch of the ticket's input_shape",
+        fix="apply the ticket to the architecture it was drawn from, or pass example_inputs",
+    )
+    return batch
 
 
 def group_widths(
@@ -142,7 +157,7 @@ def _matching_groups(
 
     No ``ignored`` layers given: those the ticket records are replayed, by name.
     """
-    dense = ticket.extra.get("kept_dense") or {}
+    dense = ticket.kept_dense
     if not ignored:
         modules = dict(original.named_modules())
         missing = [name for name in ticket.ignored_layers if name not in modules]

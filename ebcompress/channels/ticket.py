@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ebcompress.atomic import write_text_atomic
 from ebcompress.errors import UserError
 
 TICKET_FORMAT = 1
@@ -52,6 +54,16 @@ class Ticket:
         BatchNorms whose scales were all zero when the groups were traced (timm's
         ``zero_init_last``, torchvision's ``zero_init_residual``); they were left out of their
         group's importance so they could not sink it (:mod:`ebcompress.channels.zero_init`).
+    ``input_shape``
+        one sample's shape (``(C, H, W)``) the groups were traced with, or None; ``slim``
+        traces with a random input of this shape when given none.
+    ``kept_dense``
+        group name -> why it is not in the ticket: the groups ebcompress cannot slim exactly
+        (or the probe found torch-pruning slims wrongly); ``slim`` keeps them out of its trace
+        so that it finds the ticket's groups.
+
+    ``extra`` holds optional annotations (draw options, Early-Bird's emergence record) that
+    nothing applying the ticket reads.
     """
 
     kept: dict[str, tuple[int, ...]]
@@ -64,6 +76,8 @@ class Ticket:
     ignored_layers: tuple[str, ...] = ()
     capped: dict[str, str] = field(default_factory=dict)
     zero_init_bns: tuple[str, ...] = ()
+    input_shape: tuple[int, ...] | None = None
+    kept_dense: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,10 +88,14 @@ class Ticket:
             raise ValueError(f"Ticket.capped names groups the ticket does not have: {unknown}")
         object.__setattr__(self, "ignored_layers", tuple(self.ignored_layers))
         object.__setattr__(self, "zero_init_bns", tuple(self.zero_init_bns))
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
         for name, idx in self.kept.items():
             width = self.widths[name]
             if not idx:
                 raise ValueError(f"Ticket group {name!r} keeps no channel")
+            if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in idx):
+                raise ValueError(f"Ticket group {name!r}: kept indices must be ints")
             steps = np.diff(np.asarray(idx))
             if (steps <= 0).any() or idx[0] < 0 or idx[-1] >= width:
                 raise ValueError(
@@ -144,7 +162,9 @@ class Ticket:
             "ignored_layers": list(self.ignored_layers),
             "capped": dict(self.capped),
             "zero_init_bns": list(self.zero_init_bns),
-            "extra": self.extra,
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
+            "kept_dense": dict(self.kept_dense),
+            "extra": dict(self.extra),
             "groups": [
                 {"name": name, "width": self.widths[name], "kept": list(self.kept[name])}
                 for name in self.widths
@@ -157,6 +177,11 @@ class Ticket:
             if data.get("format") != TICKET_FORMAT:
                 raise UserError(f"{where}: unsupported ticket format {data.get('format')!r}")
             groups = data["groups"]
+            extra = dict(data.get("extra") or {})
+            # tickets written before these fields were typed kept them in ``extra``
+            untyped = {key: extra.pop(key) for key in ("input_shape", "kept_dense") if key in extra}
+            input_shape = data.get("input_shape", untyped.get("input_shape"))
+            kept_dense = data.get("kept_dense", untyped.get("kept_dense"))
             return cls(
                 kept={g["name"]: tuple(int(i) for i in g["kept"]) for g in groups},
                 widths={g["name"]: int(g["width"]) for g in groups},
@@ -169,18 +194,19 @@ class Ticket:
                 ignored_layers=tuple(str(n) for n in data.get("ignored_layers") or ()),
                 capped={str(k): str(v) for k, v in (data.get("capped") or {}).items()},
                 zero_init_bns=tuple(str(n) for n in data.get("zero_init_bns") or ()),
-                extra=dict(data.get("extra") or {}),
+                input_shape=None if input_shape is None else tuple(int(d) for d in input_shape),
+                kept_dense={str(k): str(v) for k, v in (kept_dense or {}).items()},
+                extra=extra,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        # AttributeError: a list or number where the JSON needs an object (``.items()``)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UserError(f"{where}: not a valid ticket ({exc}); re-run the search") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the ticket as JSON atomically (temporary file, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
         return path
 
     @classmethod
@@ -194,6 +220,8 @@ class Ticket:
             raise UserError(
                 f"ticket file {str(path)!r} is not valid JSON (line {exc.lineno})"
             ) from None
+        except (UnicodeDecodeError, OSError) as exc:
+            raise UserError(f"ticket file {str(path)!r} cannot be read as text ({exc})") from None
         return cls.from_dict(data, where=f"ticket file {str(path)!r}")
 
 

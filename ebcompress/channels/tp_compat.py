@@ -1,7 +1,12 @@
 """Where torch-pruning 1.6 fails on real architectures, and ebcompress's fixes, kept in one place.
 
-Each fix is scoped to the graphs ebcompress builds (:func:`dependency_graph`) or to the groups
-it forms (:func:`all_groups`); a user's own torch-pruning graphs behave as the library ships.
+The fixes replace two torch-pruning functions, ``Group.add_dep`` and
+``index_mapping.update_index_mapping``, only inside :func:`patched`: ebcompress enters it around
+every call into torch-pruning (:mod:`ebcompress.channels.groups` traces, :mod:`~.probe` and
+:mod:`~.slim` prune), and restores the library's functions on the way out. Even inside, the
+replacements act only on the graphs ebcompress builds (:func:`dependency_graph`) and the groups
+it forms (:func:`all_groups`) in the thread that entered: a user's own torch-pruning graphs
+behave as the library ships, before, during and after.
 
 - The channel index mapping through concat/split/reshape nodes is computed node by node
   (one node torch-pruning cannot size aborted the whole trace: CSP darknets, SHViT) and once
@@ -10,18 +15,114 @@ it forms (:func:`all_groups`); a user's own torch-pruning graphs behave as the l
   at ``2 x nodes + 256`` steps: through attention and token reshapes torch-pruning's index
   lists multiply or cycle and a group takes minutes or never closes (CoAtNet, EfficientViT).
 
-The groups hit by any of these are kept dense by :mod:`ebcompress.channels.groups`, with the reason.
+The groups hit by any of these are kept dense by :mod:`ebcompress.channels.groups`, with the
+reason. The patches reach into torch-pruning's internals, so :func:`patched` first checks that
+the installed release is one they were written for (:data:`SUPPORTED`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import importlib
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from importlib import metadata
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch_pruning as tp
 from torch import nn
 from torch_pruning import ops
-from torch_pruning.dependency import index_mapping as tp_index_mapping
+
+from ebcompress.errors import UserError
+
+if TYPE_CHECKING:
+    from torch_pruning.dependency.index_mapping import _FlattenIndexMapping
+
+#: The torch-pruning releases whose internals the patches know (pyproject pins the same range).
+SUPPORTED = ">=1.6,<1.7"
+_SUPPORTED_MINOR = (1, 6)
+
+_LOCK = threading.RLock()  # held by the thread inside patched(), for as long as it is inside
+_depth = 0  # how deep that thread is nested in patched()
+_restore: list[Callable[[], None]] = []
+_local = threading.local()  # .budgets: what the groups this thread is forming may still spend
+
+
+def installed_version() -> str:
+    """The imported torch-pruning's version: its ``__version__``, else the distribution's
+    (1.5 releases define no ``__version__``)."""
+    version = getattr(tp, "__version__", None)
+    if version is not None:
+        return str(version)
+    try:
+        return metadata.version("torch-pruning")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def check_version() -> None:
+    """UserError unless the installed torch-pruning is in :data:`SUPPORTED`."""
+    version = installed_version()
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None or (int(found[1]), int(found[2])) != _SUPPORTED_MINOR:
+        raise UserError(
+            f"torch-pruning {version} is installed, but ebcompress supports torch-pruning "
+            f"{SUPPORTED} only; run: pip install 'torch-pruning{SUPPORTED}'"
+        )
+
+
+@contextlib.contextmanager
+def patched() -> Iterator[None]:
+    """Install ebcompress's fixes into torch-pruning for the duration; re-entrant.
+
+    The outermost entry checks the version (:func:`check_version`) and installs, its exit puts
+    the library's own functions back. The lock keeps a second thread's ebcompress trace waiting
+    until the first is done, so one thread's exit never uninstalls under another.
+    """
+    global _depth
+    with _LOCK:
+        if _depth == 0:
+            check_version()
+            _install()
+        _depth += 1
+        try:
+            yield
+        finally:
+            _depth -= 1
+            if _depth == 0:
+                while _restore:
+                    _restore.pop()()
+
+
+def _install() -> None:
+    index_mapping = _index_mapping_module()
+    group_class = importlib.import_module("torch_pruning.dependency.group").Group
+    library_add_dep = group_class.add_dep
+    library_update = index_mapping.update_index_mapping
+
+    def counted_add_dep(self: tp.Group, dep: tp.Dependency, idxs: list) -> None:
+        _spend("steps", 1)
+        library_add_dep(self, dep, idxs)
+
+    def update_index_mapping(graph: tp.DependencyGraph) -> None:
+        # ebcompress's graphs use IndexMapping; every other graph the library's own function
+        mapping = getattr(graph, "_ebcompress_index_mapping", None)
+        if mapping is None:
+            library_update(graph)
+        else:
+            mapping.update(graph)
+
+    group_class.add_dep = counted_add_dep
+    _restore.append(lambda: setattr(group_class, "add_dep", library_add_dep))
+    index_mapping.update_index_mapping = update_index_mapping
+    _restore.append(lambda: setattr(index_mapping, "update_index_mapping", library_update))
+
+
+def _index_mapping_module() -> ModuleType:
+    # imported on use, after check_version: the module does not exist before 1.6
+    return importlib.import_module("torch_pruning.dependency.index_mapping")
 
 
 def all_groups(
@@ -29,6 +130,7 @@ def all_groups(
 ) -> Iterator[tuple[nn.Module, tp.Group | str]]:
     """torch-pruning's ``get_all_groups`` (conv/linear roots), one root at a time: a root whose
     group torch-pruning cannot form yields the reason (a str) instead of ending the trace.
+    Iterate it inside :func:`patched`.
 
     ``ignored_layers`` keep their output channels: no group rooted in one, or removing output
     channels of one, is yielded. A container stands for all its submodules, as in
@@ -71,26 +173,15 @@ class _MappingExplodes(Exception):
     (:class:`BoundedFlatten`) or too many steps (:func:`_grouping_budget`)."""
 
 
-_BUDGET: list[dict[str, int]] = []  # what the group being formed may still spend
-_LIBRARY_ADD_DEP = tp.dependency.group.Group.add_dep
-
-
 def _spend(kind: str, amount: int) -> None:
-    if _BUDGET:
-        _BUDGET[-1][kind] -= amount
-        if _BUDGET[-1][kind] < 0:
+    budgets = getattr(_local, "budgets", None)
+    if budgets:
+        budgets[-1][kind] -= amount
+        if budgets[-1][kind] < 0:
             raise _MappingExplodes(
                 f"torch-pruning's grouping does not settle (its channel index mappings through "
                 f"reshapes ran past the {kind} budget)"
             )
-
-
-def _counted_add_dep(self: tp.Group, dep: tp.Dependency, idxs: list) -> None:
-    _spend("steps", 1)
-    _LIBRARY_ADD_DEP(self, dep, idxs)
-
-
-tp.dependency.group.Group.add_dep = _counted_add_dep
 
 
 @contextlib.contextmanager
@@ -98,16 +189,21 @@ def _grouping_budget(*, steps: int, indices: int) -> Iterator[None]:
     """Bound the dependencies one group may collect and the indices its flatten mappings may
     produce. torch-pruning adds each (layer, pruning function) once per distinct index set;
     through some attention reshapes its mappings produce new index sets forever (EfficientViT,
-    iFormer) or keep re-expanding large ones (EfficientViM), so the group never closes."""
-    _BUDGET.append({"steps": steps, "indices": indices})
+    iFormer) or keep re-expanding large ones (EfficientViM), so the group never closes.
+    Per thread: another thread's torch-pruning calls spend nothing from it."""
+    if not hasattr(_local, "budgets"):
+        _local.budgets = []
+    _local.budgets.append({"steps": steps, "indices": indices})
     try:
         yield
     finally:
-        _BUDGET.pop()
+        _local.budgets.pop()
 
 
-class BoundedFlatten(tp_index_mapping._FlattenIndexMapping):
-    """torch-pruning's flatten index mapping, refusing to expand past ``LIMIT`` indices.
+class BoundedFlatten:
+    """torch-pruning's flatten index mapping ``flatten``, refusing to expand past ``LIMIT``
+    indices (it wraps the library's mapping rather than subclassing it, so that importing
+    this module does not depend on the library's internals).
 
     torch-pruning reads some attention and token reshapes (CoAtNet, ECA's channel conv) as
     flattening each channel into ``stride`` features; chained, the index lists multiply until
@@ -117,13 +213,17 @@ class BoundedFlatten(tp_index_mapping._FlattenIndexMapping):
 
     LIMIT = 1 << 16
 
+    def __init__(self, flatten: _FlattenIndexMapping) -> None:
+        self.flatten = flatten
+
     def __call__(self, idxs: list) -> list:
-        if max(len(idxs), len(idxs) * self._stride * (not self.reverse)) > self.LIMIT:
+        growth = self.flatten._stride * (not self.flatten.reverse)
+        if max(len(idxs), len(idxs) * growth) > self.LIMIT:
             raise _MappingExplodes(
                 f"torch-pruning's channel index mapping through a reshape grows past "
                 f"{self.LIMIT:,} indices (a token or attention reshape read as a flatten)"
             )
-        mapped = super().__call__(idxs)
+        mapped = self.flatten(idxs)
         _spend("indices", len(idxs) + len(mapped))  # the work of this call
         return mapped
 
@@ -157,43 +257,31 @@ class IndexMapping:
     def update(self, graph: tp.DependencyGraph) -> None:
         if self.frozen and self._done:
             return
+        index_mapping = _index_mapping_module()
         for node in graph.module2node.values():
             update = _NODE_UPDATES.get(node.type)
             try:
                 if update is not None:
-                    update(graph, node)
+                    getattr(index_mapping, update)(graph, node)
             except (ArithmeticError, TypeError, ValueError, IndexError):
                 self.unmapped.add(node)
             for dep in node.dependencies:
-                dep.index_mapping = [_bounded(m) for m in dep.index_mapping]
+                dep.index_mapping = [_bounded(m, index_mapping) for m in dep.index_mapping]
         self._done = True
 
 
-def _bounded(mapping: object) -> object:
-    if type(mapping) is not tp_index_mapping._FlattenIndexMapping:
-        return mapping
-    return BoundedFlatten(stride=mapping._stride, reverse=mapping.reverse)
+def _bounded(mapping: object, index_mapping: ModuleType) -> object:
+    if type(mapping) is not index_mapping._FlattenIndexMapping:
+        return mapping  # not a flatten, or already bounded
+    return BoundedFlatten(mapping)
 
 
+# torch-pruning's per-node mapping functions, by the node type they handle
 _NODE_UPDATES = {
-    ops.OPTYPE.CONCAT: tp_index_mapping.update_concat_index_mapping,
-    ops.OPTYPE.SPLIT: tp_index_mapping.update_split_index_mapping,
-    ops.OPTYPE.RESHAPE: tp_index_mapping.update_reshape_index_mapping,
-    ops.OPTYPE.UNBIND: tp_index_mapping.update_unbind_index_mapping,
-    ops.OPTYPE.EXPAND: tp_index_mapping.update_expand_index_mapping,
-    ops.OPTYPE.SLICE: tp_index_mapping.update_slice_index_mapping,
+    ops.OPTYPE.CONCAT: "update_concat_index_mapping",
+    ops.OPTYPE.SPLIT: "update_split_index_mapping",
+    ops.OPTYPE.RESHAPE: "update_reshape_index_mapping",
+    ops.OPTYPE.UNBIND: "update_unbind_index_mapping",
+    ops.OPTYPE.EXPAND: "update_expand_index_mapping",
+    ops.OPTYPE.SLICE: "update_slice_index_mapping",
 }
-_LIBRARY_UPDATE = tp_index_mapping.update_index_mapping
-
-
-def _update_index_mapping(graph: tp.DependencyGraph) -> None:
-    """Installed in torch-pruning: ebcompress's graphs use :class:`IndexMapping`, others the
-    library's own function, unchanged."""
-    mapping = getattr(graph, "_ebcompress_index_mapping", None)
-    if mapping is None:
-        _LIBRARY_UPDATE(graph)
-    else:
-        mapping.update(graph)
-
-
-tp_index_mapping.update_index_mapping = _update_index_mapping

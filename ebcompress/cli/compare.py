@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ebcompress.cli.app import app
-from ebcompress.cli.prune import RECIPE_HELP
-from ebcompress.engine import distributed as dist
+from ebcompress.cli.prune import METHODS_EPILOG, RECIPE_HELP
 from ebcompress.errors import UserError
-from ebcompress.recipe import load_recipe
+from ebcompress.methods.catalog import METHODS
+from ebcompress.run.paths import ComparePaths
 
 
 def _floats(text: str, option: str) -> list[float]:
@@ -24,10 +24,12 @@ def _floats(text: str, option: str) -> list[float]:
         ) from None
 
 
-@app.command()
+@app.command(epilog=METHODS_EPILOG)
 def compare(
     recipe: str = typer.Option(..., "--recipe", "-r", help=RECIPE_HELP),
-    methods: str = typer.Option("eb,ns,lt,snip,thinet", help="comma-separated method keys"),
+    methods: str = typer.Option(
+        ",".join(METHODS.names()), help="comma-separated method keys (see below)"
+    ),
     ratios: str | None = typer.Option(None, help="comma-separated ratios (default: the recipe's)"),
     data: str | None = typer.Option(None, "--data", help="data set folder (overrides data.root)"),
     out: Path | None = typer.Option(None, "--out", help="folder (default runs/compare_<recipe>)"),
@@ -37,15 +39,15 @@ def compare(
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
 ) -> None:
     """Run each method at each ratio (finished runs are kept) and write compare.{md,csv,json}."""
-    from ebcompress.methods.base import available_methods
+    from ebcompress.engine import distributed as dist
+    from ebcompress.recipe import load_recipe
     from ebcompress.run.compare import run_compare
 
     resolved = load_recipe(recipe, overrides)
     keys = [m.strip() for m in methods.split(",") if m.strip()]
-    known = available_methods()
     for key in keys:
-        if key not in known:
-            raise UserError(f"--methods: unknown method {key!r}; choose from {', '.join(known)}")
+        if key not in METHODS:
+            raise UserError(f"--methods: {METHODS.unknown(key)}")
     points = _floats(ratios, "--ratios") if ratios else [resolved.prune.ratio]
     dist.init_from_env(device)
     folder = out or Path("runs") / f"compare_{resolved.name}"
@@ -54,7 +56,8 @@ def compare(
     )
     if dist.is_main():
         print_table(result)
-        Console().print(f"written: {folder / 'compare.md'}, compare.csv, compare.json")
+        written = ComparePaths(folder)
+        Console().print(f"written: {written.md}, {written.csv.name}, {written.json.name}")
 
 
 def print_table(result: dict) -> None:

@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import typer
 from rich.console import Console
 
 from ebcompress.cli.app import app
-from ebcompress.deploy.bench import bench_bundle, bench_table
-from ebcompress.deploy.bundle import load, read_bundle
-from ebcompress.deploy.formats import FORMATS, default_path, export
 from ebcompress.errors import UserError
 
 SOURCE_HELP = "a run directory (runs/NAME) or a bundle folder (with config.json)"
@@ -21,7 +17,11 @@ SOURCE_HELP = "a run directory (runs/NAME) or a bundle folder (with config.json)
 @app.command("export")
 def export_command(
     source: Path = typer.Argument(..., help=SOURCE_HELP),
-    format: str = typer.Option("bundle", "--format", "-f", help=" | ".join(FORMATS)),
+    # The formats are registered with their writers (torch): the help cannot list them
+    # without importing it, so an unknown name is what lists them.
+    format: str = typer.Option(
+        "bundle", "--format", "-f", help="an export format, e.g. onnx; an unknown one lists all"
+    ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="output file (a folder for bundle); default: in the bundle"
     ),
@@ -31,6 +31,9 @@ def export_command(
     opset: int = typer.Option(17, min=9, help="ONNX opset version"),
 ) -> None:
     """Convert a run's model bundle to FORMAT and verify the file reproduces PyTorch."""
+    from ebcompress.deploy.bundle import load, read_bundle
+    from ebcompress.deploy.formats import default_path, export
+
     folder, spec, ticket = read_bundle(source)
     if format == "bundle" and out is None:
         raise UserError(f"{str(folder)!r} is already a bundle; give --out FOLDER to copy it")
@@ -68,6 +71,10 @@ def bench(
     json_path: Path | None = typer.Option(None, "--json", help="also write the result as JSON"),
 ) -> None:
     """Dense vs slim latency and throughput side by side, next to the MAC reduction."""
+    import torch
+
+    from ebcompress.deploy.bench import bench_bundle, bench_table
+
     sizes = _batch_sizes(batch_sizes)
     if threads:
         torch.set_num_threads(threads)

@@ -9,15 +9,14 @@ from rich.console import Console
 from rich.table import Table
 
 from ebcompress.cli.app import app
-from ebcompress.cost.flops import count_flops, training_flops
 from ebcompress.errors import UserError
-from ebcompress.models import build_model
-from ebcompress.recipe import load_recipe, shipped_recipes
 
 
 @app.command()
 def recipes() -> None:
     """List the shipped recipes."""
+    from ebcompress.recipe import load_recipe, shipped_recipes
+
     table = Table(title="ebcompress recipes (use: ebcompress prune --recipe NAME)")
     table.add_column("name", no_wrap=True)
     for column in ("model", "data", "epochs", "ratio", "description"):
@@ -47,6 +46,9 @@ def flops(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Forward MACs, FLOPs (= 2 x MACs) and params; training FLOPs of a dense schedule."""
+    from ebcompress.cost.flops import count_flops, training_flops
+    from ebcompress.models import build_model
+
     if (epochs is None) != (samples is None):
         raise UserError("give both --epochs and --samples for training FLOPs, or neither")
     net = build_model(model, num_classes=num_classes, in_chans=input_size[0])

@@ -1,8 +1,13 @@
-"""``ebcompress prune``: run one pruning method end to end into a run directory."""
+"""``ebcompress prune``: run one pruning method end to end into a run directory.
+
+Like every command module, it imports torch (the engine, the recipe's registries) inside the
+command: ``ebcompress --help`` and ``ebcompress prune --help`` read only the method catalogue.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -10,17 +15,25 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from ebcompress.cli.app import app
-from ebcompress.engine import distributed as dist
-from ebcompress.recipe import load_recipe
+from ebcompress.methods.catalog import METHODS
+from ebcompress.run.paths import RunPaths
+
+if TYPE_CHECKING:  # imported where used, off the CLI's start-up path
+    from ebcompress.report.run_report import RunReport
 
 RECIPE_HELP = "a shipped recipe name (see `ebcompress recipes`) or a path to a YAML file"
+#: What ``--method`` and ``--methods`` accept: the registered methods, each on its own line
+#: below the options (a blank line is a paragraph break in typer's help).
+METHODS_EPILOG = "Methods:\n\n" + "\n\n".join(
+    f"{key}: {info.title}: {info.summary}" for key, info in METHODS.items()
+)
 
 
-@app.command()
+@app.command(epilog=METHODS_EPILOG)
 def prune(
     recipe: str = typer.Option(..., "--recipe", "-r", help=RECIPE_HELP),
     method: str | None = typer.Option(
-        None, help="eb | ns | lt | snip | thinet (overrides prune.method)"
+        None, help=f"overrides prune.method: {' | '.join(METHODS.names())} (see below)"
     ),
     data: str | None = typer.Option(None, "--data", help="data set folder (overrides data.root)"),
     out: Path | None = typer.Option(None, "--out", help="run directory (default runs/<recipe>)"),
@@ -37,13 +50,16 @@ def prune(
     ),
 ) -> None:
     """Search for a ticket, slim the network, retrain it, export it and write the report."""
+    from ebcompress.engine import distributed as dist
+    from ebcompress.recipe import load_recipe
+    from ebcompress.report.build import build_report
     from ebcompress.run.pipeline import run_pipeline
 
     sets = [*overrides, f"prune.method={method}"] if method else list(overrides)
     resolved = load_recipe(recipe, sets)
     dist.init_from_env(device)
     run_dir = out or Path("runs") / resolved.name
-    report = run_pipeline(
+    run_pipeline(
         resolved,
         run_dir,
         data_root=data,
@@ -53,38 +69,40 @@ def prune(
         force_resume=force_resume,
     )
     if dist.is_main():
-        print_summary(report, run_dir)
+        print_summary(build_report(run_dir), run_dir)
 
 
-def print_summary(report: dict, run_dir: Path) -> None:
+def print_summary(report: RunReport, run_dir: Path) -> None:
     """The end-of-run panel: ticket, accuracy, size, cost, health, and where things are.
 
     A run that failed its health check says so in one highlighted line, and its FLOPs figure
     is not presented as a saving."""
-    from ebcompress.report.build import describe_saving, health_headline
+    from ebcompress.report.build import health_headline
+    from ebcompress.report.run_report import describe_saving
 
-    t, m, c, acc = report["ticket"], report["model"], report["cost"], report["accuracy"]
-    health = report.get("health") or {}
-    when = f"epoch {t['epoch']}" + ("" if t["emerged"] else " (did not emerge; newest mask)")
+    results, health = report.results, report.health
+    t, m, c, acc = results.ticket, results.model, results.cost, results.accuracy
+    when = f"epoch {t.epoch}" + ("" if t.emerged else " (did not emerge; newest mask)")
     headline = health_headline(health)
-    flops = f"training FLOPs {c['total_flops']:.3e} vs {c['dense_reference_flops']:.3e} dense"
+    flops = f"training FLOPs {c.total_flops:.3e} vs {c.dense_reference_flops:.3e} dense"
     if headline:
         flops += " (no saving: the slim model is broken)"
     else:
-        flops += f" ({describe_saving(c['saving_vs_dense'])})"
+        flops += f" ({describe_saving(c.saving_vs_dense)})"
     lines = [
-        f"[bold]{report['method']}[/] ticket at p={t['ratio']:g}: {when}",
-        f"test top-1 {acc['test_top1'] * 100:.2f} %   top-5 {acc['test_top5'] * 100:.2f} %",
-        f"params {m['dense']['params']:,} -> {m['slim']['params']:,}   "
-        f"MACs {m['dense']['macs']:,} -> {m['slim']['macs']:,} ({m['mac_reduction']:.2f}x)",
+        f"[bold]{results.method}[/] ticket at p={t.ratio:g}: {when}",
+        f"test top-1 {acc.test_top1 * 100:.2f} %   top-5 {acc.test_top5 * 100:.2f} %",
+        f"params {m.dense.params:,} -> {m.slim.params:,}   "
+        f"MACs {m.dense.macs:,} -> {m.slim.macs:,} ({m.mac_reduction:.2f}x)",
         escape(flops),
     ]
     if headline:
         lines.append(f"[bold red]{escape(headline)}[/]")
-    elif health:
-        dense = health.get("dense_top1_at_ticket")
+    else:
+        dense = health.dense_top1_at_ticket
         shown = "" if dense is None else f", dense at the ticket {dense * 100:.2f} %"
-        lines.append(f"health: {health['status']}{shown}")
-        lines += [f"[yellow]- {escape(flag)}[/]" for flag in health.get("flags", [])]
-    lines += [f"report: {run_dir / 'report.md'}", f"slim model: {run_dir / 'model'}"]
+        lines.append(f"health: {health.status}{shown}")
+        lines += [f"[yellow]- {escape(flag)}[/]" for flag in health.flags]
+    paths = RunPaths(run_dir)
+    lines += [f"report: {paths.report_md}", f"slim model: {paths.model}"]
     Console().print(Panel("\n".join(lines), title="ebcompress", expand=False))

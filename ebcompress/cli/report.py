@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from ebcompress.cli.app import app
-from ebcompress.report.build import REPORT_JSON, REPORT_MD, write_report
+from ebcompress.run.paths import RunPaths
 
 
 def open_file(path: Path) -> str | None:
@@ -48,16 +48,19 @@ def report(
     open_report: bool = typer.Option(False, "--open", help="open report.md when done"),
 ) -> None:
     """Regenerate report.md, report.json and plots/ from a run directory alone (no model)."""
+    from ebcompress.report.build import write_report
+
+    paths = RunPaths(run_dir)
     result = write_report(run_dir)
     plots = result["plots"]
     count = len(plots["written"])
     print(
-        f"wrote {run_dir / REPORT_MD}, {REPORT_JSON} and {count} plot{'' if count == 1 else 's'} "
-        f"in {run_dir / 'plots'}"
+        f"wrote {paths.report_md}, {paths.report_json.name} and {count} "
+        f"plot{'' if count == 1 else 's'} in {paths.plots}"
     )
     for name, reason in plots["skipped"].items():
         print(f"skipped {name}.png: {reason}")
     if open_report:
-        why_not = open_file(run_dir / REPORT_MD)
+        why_not = open_file(paths.report_md)
         if why_not:
-            print(f"not opened: {why_not}; open {run_dir / REPORT_MD} yourself")
+            print(f"not opened: {why_not}; open {paths.report_md} yourself")

@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ebcompress.checks import check_int, check_module, check_runs
 from ebcompress.errors import UserError
+from ebcompress.modules import unwrap
 
 TRAIN_FLOPS_PER_FORWARD_FLOP = 3
 """Training FLOPs per forward FLOP: forward + backward (twice the forward), the paper's rule."""
@@ -53,17 +55,6 @@ class FlopCount:
         return {"macs": self.macs, "flops": self.flops, "params": self.params}
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module that holds the layers: DDP/DataParallel and torch.compile wrappers removed."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
@@ -73,14 +64,22 @@ def _model_device(model: nn.Module) -> torch.device:
 def _example_batch(
     model: nn.Module, input_size: Sequence[int] | torch.Tensor, device: torch.device
 ) -> torch.Tensor:
+    """The batch to trace, once the model runs it (a UserError naming ``input_size`` if not)."""
     if isinstance(input_size, torch.Tensor):
         if input_size.dim() < 1 or input_size.shape[0] < 1:
             raise UserError(
-                f"count_flops: example input of shape {tuple(input_size.shape)} has no batch; "
-                "pass a batch (N, C, H, W) or a per-sample size (C, H, W)"
+                f"count_flops: input_size, a tensor of shape {tuple(input_size.shape)}, has no "
+                "batch; pass a batch (N, C, H, W) or a per-sample size (C, H, W)"
             )
-        return input_size.to(device)
-    size = tuple(int(s) for s in input_size)
+        batch = input_size.to(device)
+        check_runs(model, batch, "count_flops: input_size, an example batch")
+        return batch
+    if isinstance(input_size, (str, bytes)) or not isinstance(input_size, Sequence):
+        raise TypeError(
+            "count_flops: input_size must be one sample's shape such as (3, 32, 32) or an "
+            f"example batch tensor, got {type(input_size).__name__}"
+        )
+    size = tuple(check_int(s, "count_flops: each input_size entry") for s in input_size)
     if not size or any(s < 1 for s in size):
         raise UserError(
             f"count_flops: input_size {size} must be one sample's positive sizes, e.g. (3, 32, 32)"
@@ -88,7 +87,14 @@ def _example_batch(
     floating = [p.dtype for p in model.parameters() if p.is_floating_point()]
     dtype = floating[0] if floating else torch.get_default_dtype()
     # Two samples, so BatchNorm traced in training mode sees more than one value per channel.
-    return torch.zeros((2, *size), dtype=dtype, device=device)
+    batch = torch.zeros((2, *size), dtype=dtype, device=device)
+    check_runs(
+        model,
+        batch,
+        f"count_flops: a zero batch of input_size {size}",
+        fix="input_size is one sample's shape without the batch axis, e.g. (3, 32, 32)",
+    )
+    return batch
 
 
 def count_flops(
@@ -112,13 +118,19 @@ def count_flops(
     per channel) is counted as that sample twice, divided by 2: the same per-sample MACs, since
     fvcore's counts grow with the batch size; any other batch is counted as given.
     Tracing runs under ``torch.no_grad()`` and every submodule's train/eval flag is restored
-    afterwards, also on error. DDP,
+    afterwards, also on error. An ``input_size`` the model does not run (checked with one
+    eval-mode sample first) is a UserError naming it, and a wrong type a TypeError. DDP,
     DataParallel and torch.compile wrappers are unwrapped. fvcore's warnings about unsupported
     ops and modules that were never called are silenced: fvcore's convention is to skip them.
     ``params`` counts trainable and non-trainable parameters alike.
     """
-    module = _unwrap(model)
-    target = torch.device(device) if device is not None else _model_device(module)
+    module = unwrap(check_module(model, "count_flops: model"))
+    try:
+        target = torch.device(device) if device is not None else _model_device(module)
+    except (RuntimeError, TypeError):
+        raise UserError(
+            f"count_flops: device {device!r} is not a torch device (e.g. 'cpu', 'cuda:0')"
+        ) from None
     batch = _example_batch(module, input_size, target)
     modes = {sub: sub.training for sub in module.modules()}
     buffers = {name: buf.detach().clone() for name, buf in module.named_buffers()}

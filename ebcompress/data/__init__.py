@@ -1,7 +1,8 @@
 """Data sets by name, held as in-memory tensors wherever they fit.
 
-``load_data(cfg)`` turns a :class:`~ebcompress.recipe.DataConfig` into a :class:`DataSplit`
-whose datasets yield ``(float C x H x W normalised image, int label)``.
+``load_data(cfg)`` turns a :class:`DataOptions` (the shell builds it from the recipe's
+``data`` section) into a :class:`DataSplit` whose datasets yield ``(float C x H x W normalised
+image, int label)``.
 
 - ``digits`` (embedded) and ``fake`` (tests only): :mod:`ebcompress.data.tensors`.
 - ``fashion_mnist`` (IDX files): :mod:`ebcompress.data.fashion_mnist`.
@@ -20,7 +21,7 @@ mean/std of their full training split at the model's input size.
 
 from __future__ import annotations
 
-import typing
+from collections.abc import Callable
 from pathlib import Path
 
 from torch.utils.data import Dataset
@@ -29,14 +30,17 @@ from ebcompress.data.augment import RandomCropFlip, check_augment
 from ebcompress.data.cifar import load_cifar
 from ebcompress.data.fashion_mnist import DEFAULT_ROOT as _FASHION_ROOT
 from ebcompress.data.fashion_mnist import load_fashion_mnist
+from ebcompress.data.options import AugmentOptions, DataOptions
 from ebcompress.data.split import DataSplit, balanced_subset
 from ebcompress.data.tensors import TensorImageDataset, fake_data, load_digits, load_fake
 from ebcompress.errors import UserError
-from ebcompress.recipe import DataConfig
+from ebcompress.registry import Registry
 
 __all__ = [
     "DATASETS",
     "DEFAULT_ROOTS",
+    "AugmentOptions",
+    "DataOptions",
     "DataSplit",
     "RandomCropFlip",
     "TensorImageDataset",
@@ -46,8 +50,18 @@ __all__ = [
     "skipped_images",
 ]
 
-#: The data set names, in the recipe schema's order (DataConfig.name is the one source of truth).
-DATASETS: tuple[str, ...] = typing.get_args(DataConfig.model_fields["name"].annotation)
+#: Data set name -> ``load(cfg, folder, seed)``; ``folder`` is None for the data sets that
+#: read no files (those without an entry in ``_EXPECTED``). Names in the order listings show.
+DATASETS: Registry[Callable[[DataOptions, Path | None, int], DataSplit]] = Registry("data set")
+DATASETS.register("digits", lambda cfg, folder, seed: load_digits(cfg, seed))
+DATASETS.register("fashion_mnist", load_fashion_mnist)
+DATASETS.register("cifar10", load_cifar)
+DATASETS.register("cifar100", load_cifar)
+# torchvision is imported only when an image folder is read
+DATASETS.register_lazy("imagenet", "ebcompress.data.image_folder:load_imagefolder")
+DATASETS.register_lazy("imagefolder", "ebcompress.data.image_folder:load_imagefolder")
+DATASETS.register("fake", lambda cfg, folder, seed: load_fake(cfg))
+
 DEFAULT_ROOTS: dict[str, str] = {"fashion_mnist": _FASHION_ROOT}
 
 _EXPECTED = {
@@ -59,33 +73,29 @@ _EXPECTED = {
 }
 
 
-def load_data(cfg: DataConfig, *, root: str | None = None, seed: int = 0) -> DataSplit:
-    """The data set ``cfg.name`` as a :class:`DataSplit`.
+def load_data(cfg: DataOptions, *, root: str | None = None, seed: int = 0) -> DataSplit:
+    """The data set ``cfg.name`` (one of :data:`DATASETS`) as a :class:`DataSplit`.
 
     ``root`` (the CLI's ``--data DIR``) overrides ``cfg.root``, which overrides
     :data:`DEFAULT_ROOTS`; ``digits`` and ``fake`` read no files and ignore it. ``seed`` draws
-    the train/test subsets. A missing or malformed data set, or a ``data.augment`` option that
-    cannot apply to it, raises a one-line UserError.
+    the train/test subsets. An unknown name, a missing or malformed data set, or a
+    ``data.augment`` option that cannot apply to it, raises a one-line UserError.
     """
+    if cfg.name not in DATASETS:
+        raise UserError(
+            f"data.name {cfg.name!r} is not a data set; choose from {', '.join(DATASETS)}"
+        )
     check_augment(cfg)  # before reading any file: a recipe mistake should not wait for data
-    if cfg.name == "digits":
-        return load_digits(cfg, seed)
-    if cfg.name == "fake":
-        return load_fake(cfg)
+    load = DATASETS.get(cfg.name)
+    if cfg.name not in _EXPECTED:
+        return load(cfg, None, seed)
     where = root if root is not None else cfg.root or DEFAULT_ROOTS.get(cfg.name)
     if where is None:
         raise UserError(
             f"data set {cfg.name!r} is read from disk but no folder was given; "
             f"pass --data DIR (or set data.root) to the folder holding {_EXPECTED[cfg.name]}"
         )
-    path = Path(where).expanduser()
-    if cfg.name == "fashion_mnist":
-        return load_fashion_mnist(cfg, path, seed)
-    if cfg.name in ("cifar10", "cifar100"):
-        return load_cifar(cfg, path, seed)
-    from ebcompress.data.image_folder import load_imagefolder  # torchvision, only when needed
-
-    return load_imagefolder(cfg, path, seed)
+    return load(cfg, Path(where).expanduser(), seed)
 
 
 def skipped_images(split: DataSplit) -> list[str]:

@@ -1,4 +1,4 @@
-"""Training augmentation: the recipe's ``data.augment`` resolved per data set.
+"""Training augmentation: ``data.augment`` (:class:`AugmentOptions`) resolved per data set.
 
 Defaults (docs/recipes.md, "Augmentation defaults"):
 
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ebcompress.data.options import DataOptions
 from ebcompress.errors import UserError
-from ebcompress.recipe import AugmentConfig, DataConfig
 
 SMALL_IMAGE = 64  # at most this many pixels an image folder is augmented the CIFAR way
 IMAGE_FOLDERS = ("imagenet", "imagefolder")
@@ -41,21 +41,7 @@ def default_pad(image_size: int) -> int:
     return max(1, image_size // 8)
 
 
-def chosen_fields(aug: AugmentConfig) -> list[str]:
-    """The fields the user set to something other than their default, in schema order.
-
-    A field set to its default changes nothing, and a resolved recipe written back to YAML
-    sets every field, so "set" alone would refuse a run's own recipe.yaml.
-    """
-    return [
-        name
-        for name, info in AugmentConfig.model_fields.items()
-        if name in aug.model_fields_set
-        and getattr(aug, name) != info.get_default(call_default_factory=True)
-    ]
-
-
-def resolved_crop(cfg: DataConfig) -> str:
+def resolved_crop(cfg: DataOptions) -> str:
     """``pad``, ``random_resized`` or ``none``: ``data.augment.crop`` with ``auto`` decided."""
     crop = cfg.augment.crop
     if crop != "auto":
@@ -65,16 +51,16 @@ def resolved_crop(cfg: DataConfig) -> str:
     return "pad" if cfg.name in _PAD_CROP_SETS else "none"
 
 
-def resolved_hflip(cfg: DataConfig) -> float:
+def resolved_hflip(cfg: DataOptions) -> float:
     """The horizontal-flip probability: ``data.augment.hflip`` or the data set's default."""
     if cfg.augment.hflip is not None:
         return cfg.augment.hflip
     return 0.0 if cfg.name in _NO_FLIP_SETS else 0.5
 
 
-def check_augment(cfg: DataConfig) -> None:
+def check_augment(cfg: DataOptions) -> None:
     """UserError naming the first ``data.augment`` option that cannot apply to this data set."""
-    chosen = chosen_fields(cfg.augment)
+    chosen = cfg.augment.chosen()
     crop = resolved_crop(cfg)
     if cfg.name not in IMAGE_FOLDERS:
         for field in _IMAGE_FOLDER_ONLY:
@@ -136,7 +122,7 @@ class RandomCropFlip:
         return crops
 
 
-def tensor_augment(cfg: DataConfig) -> RandomCropFlip | None:
+def tensor_augment(cfg: DataOptions) -> RandomCropFlip | None:
     """The training augmentation of a tensor data set per ``cfg`` (None: none at all)."""
     crop, hflip, vflip = resolved_crop(cfg), resolved_hflip(cfg), cfg.augment.vflip
     pad = (cfg.augment.pad or default_pad(cfg.image_size)) if crop == "pad" else 0
@@ -149,7 +135,7 @@ def tensor_augment(cfg: DataConfig) -> RandomCropFlip | None:
 
 
 def image_transforms(
-    cfg: DataConfig, mean: tuple[float, ...], std: tuple[float, ...]
+    cfg: DataOptions, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> tuple[Callable, Callable]:
     """The (train, evaluation) transforms of an image folder, from PIL image to tensor.
 

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ebcompress.data.options import DataOptions
 from ebcompress.data.split import DataSplit
 from ebcompress.data.tensors import resize, tensor_split
 from ebcompress.errors import UserError
-from ebcompress.recipe import DataConfig
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ CIFAR = {
 }
 
 
-def load_cifar(cfg: DataConfig, root: Path, seed: int) -> DataSplit:
+def load_cifar(cfg: DataOptions, root: Path, seed: int) -> DataSplit:
     """CIFAR-10/100 from ``root`` or ``root/<binary folder>``; bad files are one-line errors."""
     layout = CIFAR[cfg.name]
     folder = root if root.name == layout.folder else root / layout.folder

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ebcompress.data.options import DataOptions
 from ebcompress.data.split import DataSplit
 from ebcompress.data.tensors import resize, tensor_split
 from ebcompress.errors import UserError
-from ebcompress.recipe import DataConfig
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 _FASHION_FILES = {
@@ -31,7 +31,7 @@ _FASHION_FILES = {
 _FASHION_FIX = "install it with `apt-get install dataset-fashion-mnist` or pass --data DIR"
 
 
-def load_fashion_mnist(cfg: DataConfig, root: Path, seed: int) -> DataSplit:
+def load_fashion_mnist(cfg: DataOptions, root: Path, seed: int) -> DataSplit:
     """Fashion-MNIST from the IDX files in ``root``; a bad file is a one-line UserError."""
     folder = root
     if not _idx_path(root, "train-images-idx3-ubyte") and (root / "FashionMNIST" / "raw").is_dir():

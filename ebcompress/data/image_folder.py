@@ -22,9 +22,9 @@ from torch import Tensor
 from torchvision.datasets import ImageFolder
 
 from ebcompress.data.augment import check_augment, image_transforms
+from ebcompress.data.options import DataOptions
 from ebcompress.data.split import DataSplit, balanced_subset, check_stats_override, override_stats
 from ebcompress.errors import UserError
-from ebcompress.recipe import DataConfig
 
 _SKIP_HINT = "remove or replace it, or set data.skip_bad_images: true"
 
@@ -112,7 +112,7 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def load_imagefolder(cfg: DataConfig, root: Path, seed: int) -> DataSplit:
+def load_imagefolder(cfg: DataOptions, root: Path, seed: int) -> DataSplit:
     """The image folder under ``root``; train/ and val/ must hold the same class folders."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 

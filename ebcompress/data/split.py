@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ebcompress.data.options import DataOptions
 from ebcompress.errors import UserError
-from ebcompress.recipe import DataConfig
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -47,7 +47,7 @@ def balanced_subset(labels: Tensor, n: int, seed: int) -> Tensor:
     return torch.sort(chosen).values
 
 
-def check_stats_override(cfg: DataConfig, in_chans: int) -> None:
+def check_stats_override(cfg: DataOptions, in_chans: int) -> None:
     """UserError unless ``data.mean`` / ``data.std`` hold 1 value or one per channel."""
     for field in ("mean", "std"):
         values = getattr(cfg, field)
@@ -58,7 +58,7 @@ def check_stats_override(cfg: DataConfig, in_chans: int) -> None:
             )
 
 
-def override_stats(cfg: DataConfig | None, in_chans: int, default: Stats) -> Stats:
+def override_stats(cfg: DataOptions | None, in_chans: int, default: Stats) -> Stats:
     """``default`` with ``data.mean`` / ``data.std`` put in where given (1 value: every channel).
 
     Call :func:`check_stats_override` first; this only broadcasts.

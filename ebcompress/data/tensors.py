@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ebcompress.data.augment import RandomCropFlip, check_augment, tensor_augment
+from ebcompress.data.options import DataOptions
 from ebcompress.data.split import (
     DataSplit,
     Stats,
@@ -27,7 +28,6 @@ from ebcompress.data.split import (
     check_stats_override,
     override_stats,
 )
-from ebcompress.recipe import DataConfig
 
 FAKE_SIZES = (256, 128)  # train, test samples of the fake set unless subsets say otherwise
 _DIGITS_SEED = 0  # the digits train/test split is part of the data set, not of the run
@@ -131,7 +131,7 @@ def tensor_split(
     test: tuple[Tensor, Tensor],
     num_classes: int,
     *,
-    cfg: DataConfig | None = None,
+    cfg: DataOptions | None = None,
     seed: int = 0,
     stats: Stats | None = None,
     subsets: bool = True,
@@ -179,7 +179,7 @@ def fake_data(
     in_chans: int = 3,
     seed: int = 0,
     *,
-    cfg: DataConfig | None = None,
+    cfg: DataOptions | None = None,
 ) -> DataSplit:
     """A deterministic, learnable toy set: one smooth random pattern per class plus noise.
 
@@ -199,7 +199,7 @@ def fake_data(
     return tensor_split("fake", train, test, num_classes, cfg=cfg, subsets=False)
 
 
-def load_fake(cfg: DataConfig) -> DataSplit:
+def load_fake(cfg: DataOptions) -> DataSplit:
     """The ``fake`` set at ``cfg.image_size``, sized by the subsets (default 256 / 128)."""
     n_train, n_test = FAKE_SIZES
     return fake_data(
@@ -207,7 +207,7 @@ def load_fake(cfg: DataConfig) -> DataSplit:
     )
 
 
-def load_digits(cfg: DataConfig, seed: int) -> DataSplit:
+def load_digits(cfg: DataOptions, seed: int) -> DataSplit:
     """scikit-learn's digits at ``cfg.image_size`` with the fixed stratified split."""
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split

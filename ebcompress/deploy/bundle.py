@@ -22,9 +22,10 @@ to size the new head.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from ebcompress.atomic import atomic_path, write_text_atomic
 from ebcompress.channels.slim import slim
 from ebcompress.channels.ticket import Ticket
+from ebcompress.checks import check_instance, check_int, check_number, check_path, check_runs
 from ebcompress.errors import UserError
+from ebcompress.run.paths import MODEL, RunPaths
 
 BUNDLE_FORMAT = 1
 CONFIG_FILE = "config.json"
@@ -51,7 +55,9 @@ class ModelSpec:
 
     ``arch`` is a :func:`ebcompress.models.build_model` name (``"vgg16_cifar"``,
     ``"timm:resnet18"``, ``"tv:resnet18"`` or a bare timm name); ``build_kwargs`` are its extra
-    keyword arguments (e.g. ``width_mult``). ``input_size`` is ``(C, H, W)``.
+    keyword arguments (e.g. ``width_mult``). ``input_size`` is ``(C, H, W)``; ``mean`` and
+    ``std`` hold one value or one per channel. Checked on construction: a wrong type is a
+    TypeError, a value that cannot work a UserError, each naming the field.
     """
 
     arch: str
@@ -63,16 +69,44 @@ class ModelSpec:
     std: tuple[float, ...]
 
     def __post_init__(self) -> None:
+        check_instance(self.arch, str, "ModelSpec.arch")
+        check_instance(self.build_kwargs, dict, "ModelSpec.build_kwargs")
+        # frozen: the checked values are stored as plain ints, floats and tuples (JSON-safe)
+        for name in ("num_classes", "in_chans"):
+            object.__setattr__(self, name, check_int(getattr(self, name), f"ModelSpec.{name}"))
+        for name, check in (
+            ("input_size", check_int),
+            ("mean", check_number),
+            ("std", check_number),
+        ):
+            values = getattr(self, name)
+            check_instance(values, (list, tuple), f"ModelSpec.{name}")
+            object.__setattr__(
+                self, name, tuple(check(v, f"each ModelSpec.{name} entry") for v in values)
+            )
         clash = {"num_classes", "in_chans"} & set(self.build_kwargs)
         if clash:
             raise UserError(
                 f"ModelSpec.build_kwargs must not repeat {sorted(clash)}; use the fields"
             )
-        if len(self.input_size) != 3 or self.input_size[0] != self.in_chans:
+        if (
+            len(self.input_size) != 3
+            or self.input_size[0] != self.in_chans
+            or min(self.input_size) < 1
+        ):
             raise UserError(
                 f"ModelSpec.input_size {tuple(self.input_size)} must be (C, H, W) with "
-                f"C = in_chans = {self.in_chans}"
+                f"C = in_chans = {self.in_chans} and positive sizes"
             )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) not in (1, self.in_chans) or not all(map(math.isfinite, values)):
+                raise UserError(
+                    f"ModelSpec.{name} {list(values)} must hold 1 or in_chans = {self.in_chans} "
+                    "finite values"
+                )
+        if min(self.std) <= 0:
+            raise UserError(f"ModelSpec.std {list(self.std)} must be positive (it divides)")
 
     def build_dense(self) -> nn.Module:
         """The dense architecture with fresh random weights, in eval mode."""
@@ -101,29 +135,31 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "model spec") -> ModelSpec:
+        """Inverse of :meth:`to_dict`; a missing or mistyped field is a UserError naming it
+        and ``where``."""
         try:
+            kwargs = data.get("build_kwargs")
             return cls(
-                arch=str(data["arch"]),
-                build_kwargs=dict(data.get("build_kwargs") or {}),
-                num_classes=int(data["num_classes"]),
-                in_chans=int(data["in_chans"]),
-                input_size=tuple(int(v) for v in data["input_size"]),
-                mean=tuple(float(v) for v in data["mean"]),
-                std=tuple(float(v) for v in data["std"]),
+                arch=data["arch"],
+                build_kwargs={} if kwargs is None else kwargs,
+                **{
+                    name: data[name]
+                    for name in _SPEC_FIELDS
+                    if name not in ("arch", "build_kwargs")
+                },
             )
         except KeyError as exc:
             raise UserError(f"{where}: field {exc.args[0]!r} is missing") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, UserError) as exc:
             raise UserError(f"{where}: not a valid model spec ({exc})") from None
 
 
+_SPEC_FIELDS = tuple(field.name for field in fields(ModelSpec))
+# Everything config.json holds: the spec, and what export_bundle adds to it.
+_CONFIG_FIELDS = frozenset({*_SPEC_FIELDS, "format", "slim", "fingerprint", "torch_version"})
+
+
 # --------------------------------------------------------------------------- writing
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def export_bundle(
     model: nn.Module, folder: str | os.PathLike[str], *, spec: ModelSpec, ticket: Ticket | None
 ) -> Path:
@@ -136,13 +172,12 @@ def export_bundle(
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    weights_tmp = folder / (WEIGHTS_FILE + ".tmp")
-    # save_model de-duplicates shared tensors and makes channels_last tensors contiguous.
-    save_model(model, str(weights_tmp), metadata={"format": "pt"})
-    os.replace(weights_tmp, folder / WEIGHTS_FILE)
+    with atomic_path(folder / WEIGHTS_FILE) as weights_tmp:
+        # save_model de-duplicates shared tensors and makes channels_last tensors contiguous.
+        save_model(model, str(weights_tmp), metadata={"format": "pt"})
     structure = folder / STRUCTURE_FILE
     if ticket is not None:
-        _write_atomic(structure, json.dumps(ticket.to_dict(), indent=1) + "\n")
+        write_text_atomic(structure, json.dumps(ticket.to_dict(), indent=1) + "\n")
     elif structure.exists():
         structure.unlink()  # a stale ticket would slim the dense model on load
     config = {
@@ -152,24 +187,24 @@ def export_bundle(
         "fingerprint": ticket.fingerprint if ticket is not None else None,
         "torch_version": torch.__version__.split("+")[0],
     }
-    _write_atomic(folder / CONFIG_FILE, json.dumps(config, indent=1) + "\n")
+    write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=1) + "\n")
     return folder
 
 
 # --------------------------------------------------------------------------- reading
 def resolve_bundle(path: str | os.PathLike[str]) -> Path:
     """The bundle folder for ``path``: a bundle itself, its ``config.json``, or a run directory."""
-    path = Path(path)
+    path = check_path(path, "bundle path")
     if path.is_file() and path.name == CONFIG_FILE:
         return path.parent
-    for candidate in (path, path / "model"):
+    for candidate in (path, RunPaths(path).model):
         if (candidate / CONFIG_FILE).is_file():
             return candidate
     if not path.exists():
         raise UserError(f"{str(path)!r} does not exist; give a bundle folder or a run directory")
     raise UserError(
         f"{str(path)!r} is neither a bundle (no {CONFIG_FILE}) nor a run directory "
-        f"(no model/{CONFIG_FILE}); export one with `ebcompress export` or re-run the pipeline"
+        f"(no {MODEL}/{CONFIG_FILE}); export one with `ebcompress export` or re-run the pipeline"
     )
 
 
@@ -182,9 +217,16 @@ def read_bundle(path: str | os.PathLike[str]) -> tuple[Path, ModelSpec, Ticket |
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{where} is not valid JSON (line {exc.lineno})") from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"{where} cannot be read as text ({exc}); re-export the bundle") from None
     if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
         found = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise UserError(f"{where}: unsupported bundle format {found!r} (expected {BUNDLE_FORMAT})")
+    unknown = sorted(set(config) - _CONFIG_FIELDS)
+    if unknown:
+        raise UserError(f"{where}: unknown field {unknown[0]!r}; re-export the bundle")
+    if not isinstance(config.get("slim", False), bool):
+        raise UserError(f"{where}: slim must be true or false, not {config['slim']!r}")
     spec = ModelSpec.from_dict(config, where=where)
     for name in (WEIGHTS_FILE, STRUCTURE_FILE) if config.get("slim") else (WEIGHTS_FILE,):
         if not (folder / name).is_file():
@@ -203,11 +245,23 @@ def _listing(names: list[str]) -> str:
     return shown + (f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else "")
 
 
+def _kind(dtype: torch.dtype | str) -> str:
+    """A torch dtype's or a safetensors dtype name's kind: floating point, integer or bool."""
+    name = str(dtype).removeprefix("torch.").upper()
+    if name == "BOOL":
+        return "bool"
+    return "floating point" if name.startswith(("F", "BF")) else "integer"
+
+
 def _check_weights(model: nn.Module, weights: Path) -> None:
-    """Raise a UserError naming the first tensors whose names or shapes differ from ``model``."""
+    """Raise a UserError naming the first tensors whose names, shapes or kinds of dtype
+    (floating point, integer, bool) differ from ``model``. Floating-point precisions may
+    differ: a half-precision export loads into the float32 rebuild, as ``load_model`` casts."""
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as handle:
-            stored = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+            slices = {key: handle.get_slice(key) for key in handle.keys()}  # noqa: SIM118
+            stored = {key: tuple(part.get_shape()) for key, part in slices.items()}
+            kinds = {key: _kind(part.get_dtype()) for key, part in slices.items()}
     except (SafetensorError, OSError) as exc:
         raise UserError(f"{str(weights)!r} is not a readable safetensors file ({exc})") from None
     expected = model.state_dict()
@@ -219,6 +273,15 @@ def _check_weights(model: nn.Module, weights: Path) -> None:
     if reshaped:
         raise UserError(
             f"{str(weights)!r}: tensor shapes differ from the structure: {_listing(reshaped)}"
+        )
+    retyped = [
+        f"{key} {kinds[key]} (the model's is {_kind(expected[key].dtype)})"
+        for key in stored
+        if key in expected and kinds[key] != _kind(expected[key].dtype)
+    ]
+    if retyped:
+        raise UserError(
+            f"{str(weights)!r}: tensor dtypes differ from the model: {_listing(retyped)}"
         )
     unexpected = [key for key in stored if key not in expected]
     # save_model drops all but one name of tensors that share memory; those are not missing.
@@ -240,12 +303,22 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
     existed its ``extra["ignored_layers"]``, as the layers kept dense), restores timm's width
     attributes, then loads ``model.safetensors`` strictly. Never unpickles.
     """
+    try:
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError):
+        raise UserError(f"load: map_location {map_location!r} is not a torch device") from None
     folder, spec, ticket = read_bundle(path)
     try:
         model = spec.build_dense()
     except UserError as exc:
         raise UserError(f"bundle {str(folder)!r}: {exc}") from None
     example = spec.example_inputs()
+    check_runs(
+        model,
+        example,
+        f"bundle {str(folder)!r}: a batch of {CONFIG_FILE}'s input_size",
+        fix=f"give input_size in {CONFIG_FILE} as the model takes it, or re-export the bundle",
+    )
     if ticket is not None:
         try:
             # A ticket drawn with layers kept dense records their names; slim must skip them too.
@@ -260,4 +333,4 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
             ) from None
     _check_weights(model, folder / WEIGHTS_FILE)
     load_model(model, str(folder / WEIGHTS_FILE), strict=True)
-    return model.to(map_location).eval()
+    return model.to(device).eval()

@@ -25,21 +25,27 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ebcompress.atomic import atomic_path
+from ebcompress.channels.groups import out_width
 from ebcompress.channels.ticket import Ticket
 from ebcompress.channels.timm_compat import sync_timm_attributes
+from ebcompress.checks import check_batch, check_instance, check_module, check_path, check_runs
 from ebcompress.deploy.bundle import ModelSpec, export_bundle, load
 from ebcompress.deploy.spec_inference import infer_spec
 from ebcompress.errors import UserError
+from ebcompress.registry import Registry
 
 # The bundle's names are re-exported: `from ebcompress.deploy.formats import load` works.
 __all__ = [
     "FORMATS",
     "ExportError",
+    "ExportFormat",
     "ModelSpec",
     "default_path",
     "export",
@@ -50,13 +56,6 @@ __all__ = [
     "verify_outputs",
 ]
 
-FORMATS = ("bundle", "onnx", "torchscript", "pt2")
-# File names inside a bundle folder when the caller gives a folder or no path.
-DEFAULT_FILE_NAMES = {
-    "onnx": "model.onnx",
-    "torchscript": "model.torchscript.pt",
-    "pt2": "model.pt2",
-}
 TOLERANCE = 1e-4
 VERIFY_BATCH = 2
 _VERIFY_SEED = 1234
@@ -172,7 +171,7 @@ def _write_onnx(
 
 
 def _write_pt2(
-    model: nn.Module, example: torch.Tensor, path: Path, *, dynamic_batch: bool
+    model: nn.Module, example: torch.Tensor, path: Path, *, opset: int, dynamic_batch: bool
 ) -> Runner:
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     try:
@@ -185,7 +184,9 @@ def _write_pt2(
     return lambda batch: reloaded(batch.to(example.device))
 
 
-def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Runner:
+def _write_torchscript(
+    model: nn.Module, example: torch.Tensor, path: Path, *, opset: int, dynamic_batch: bool
+) -> Runner:
     try:
         # Tracing covers models with Python control flow that script rejects; verification
         # below catches a trace that baked in something input-dependent.
@@ -203,16 +204,82 @@ def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> R
     return lambda batch: reloaded(batch.to(example.device))
 
 
+@dataclass(frozen=True)
+class ExportFormat:
+    """A format :func:`export` writes: ``file_name`` is its default inside a bundle folder, and
+    ``write(model, example, path, *, opset, dynamic_batch)`` writes ``path`` and returns what
+    runs the written file. Both are None for the bundle, a folder :func:`export_bundle` fills."""
+
+    file_name: str | None = None
+    write: Callable[..., Runner] | None = None
+
+
+#: Export format name -> :class:`ExportFormat`, in the order listings show.
+FORMATS: Registry[ExportFormat] = Registry("export format")
+FORMATS.register("bundle", ExportFormat())
+FORMATS.register("onnx", ExportFormat("model.onnx", _write_onnx))
+FORMATS.register("torchscript", ExportFormat("model.torchscript.pt", _write_torchscript))
+FORMATS.register("pt2", ExportFormat("model.pt2", _write_pt2))
+
+
 # --------------------------------------------------------------------------- entry point
 def default_path(folder: str | os.PathLike[str], format: str) -> Path:
     """Where ``format`` goes by default inside a bundle folder."""
-    _check_format(format)
-    return Path(folder) if format == "bundle" else Path(folder) / DEFAULT_FILE_NAMES[format]
+    file_name = FORMATS.get(format).file_name
+    return Path(folder) if file_name is None else Path(folder) / file_name
 
 
-def _check_format(format: str) -> None:
-    if format not in FORMATS:
-        raise UserError(f"export format {format!r} is not one of {', '.join(FORMATS)}")
+def _check_arguments(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    format: str,
+    spec: ModelSpec | None,
+    ticket: Ticket | None,
+    example_inputs: torch.Tensor | None,
+) -> Path:
+    """:func:`export`'s arguments checked before anything is written; returns the path.
+
+    A wrong type is a TypeError, a value that cannot work a UserError, each naming the
+    argument: a bundle needs a folder and the other formats a file, the example inputs must
+    run through the model, and every group of the ticket must be a layer of the model as wide
+    as the ticket keeps it (the model is the slimmed one).
+    """
+    check_module(model, "export: model")
+    target = check_path(path, "export: path")
+    check_instance(format, str, "export: format", how=", ".join(FORMATS))
+    FORMATS.get(format)  # a UserError listing the formats
+    if spec is not None:
+        check_instance(spec, ModelSpec, "export: spec", how="eb.ModelSpec(arch=..., ...)")
+    if example_inputs is not None:
+        check_batch(example_inputs, "export: example_inputs")
+        check_runs(model, example_inputs, "export: example_inputs")
+    if format == "bundle" and target.exists() and not target.is_dir():
+        raise UserError(
+            f"export: path {str(target)!r} is a file, but a bundle is a folder; give a folder path"
+        )
+    if format != "bundle" and target.is_dir():
+        raise UserError(
+            f"export: path {str(target)!r} is a folder; give a file path such as "
+            f"{str(default_path(target, format))!r}"
+        )
+    blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"export: path {str(target)!r} lies inside {str(blocker)!r}, a file")
+    if ticket is not None and format == "bundle":
+        check_instance(
+            ticket, Ticket, "export: ticket", how="the ticket the model was slimmed with"
+        )
+        layers = dict(model.named_modules())
+        for name, kept in ticket.kept.items():
+            width = out_width(layers[name]) if name in layers else None
+            if width != len(kept):
+                found = "is not a layer of the model" if width is None else f"is {width} wide"
+                raise UserError(
+                    f"export: the ticket's group {name!r} keeps {len(kept)} channels but {found} "
+                    "in the model; pass the ticket the model was slimmed with (ticket=None for a "
+                    "dense model)"
+                )
+    return target
 
 
 def _export_bundle(
@@ -229,9 +296,17 @@ def _export_bundle(
         spec = infer_spec(model, ticket=ticket, example_inputs=example_inputs)
     export_bundle(model, folder, spec=spec, ticket=ticket)
     if verify:
+        try:
+            reloaded = load(folder)
+        except UserError as exc:
+            raise ExportError(
+                f"export: the bundle written does not rebuild the model ({exc}); pass the "
+                "ticket the model was slimmed with (None for a dense model) and the spec of "
+                "its dense architecture"
+            ) from None
         batches = _verification_batches(spec.example_inputs(VERIFY_BATCH), dynamic_batch=True)
         with _quiet_eval(model):
-            verify_outputs(model, load(folder), batches, what=f"bundle {str(folder)!r}")
+            verify_outputs(model, reloaded, batches, what=f"bundle {str(folder)!r}")
     return folder
 
 
@@ -259,8 +334,7 @@ def export(
     Non-bundle files are written under a temporary name and only renamed to ``path`` once
     verified, so ``path`` never holds an unverified export. Returns ``path``.
     """
-    _check_format(format)
-    path = Path(path)
+    path = _check_arguments(model, path, format, spec, ticket, example_inputs)
     if format == "bundle":
         return _export_bundle(
             model, path, spec=spec, ticket=ticket, example_inputs=example_inputs, verify=verify
@@ -274,19 +348,11 @@ def export(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = example_inputs.to(device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
-    try:
-        with _quiet_eval(model):
-            if format == "onnx":
-                run = _write_onnx(model, example, partial, opset=opset, dynamic_batch=dynamic_batch)
-            elif format == "pt2":
-                run = _write_pt2(model, example, partial, dynamic_batch=dynamic_batch)
-            else:
-                run = _write_torchscript(model, example, partial)
-            if verify:
-                batches = _verification_batches(example_inputs.cpu(), dynamic_batch)
-                verify_outputs(model, run, batches, what=f"{format} export {str(path)!r}")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    # the writers pick or check the format by the suffix (torch.export.save wants .pt2)
+    with atomic_path(path, keep_suffix=True) as partial, _quiet_eval(model):
+        write = FORMATS.get(format).write
+        run = write(model, example, partial, opset=opset, dynamic_batch=dynamic_batch)
+        if verify:
+            batches = _verification_batches(example_inputs.cpu(), dynamic_batch)
+            verify_outputs(model, run, batches, what=f"{format} export {str(path)!r}")
     return path

@@ -192,8 +192,8 @@ def _input_shape(ticket: Ticket | None, example_inputs: torch.Tensor | None) -> 
     """One sample's shape as the caller or the ticket gives it; () when neither does."""
     if example_inputs is not None:
         return tuple(int(d) for d in example_inputs.shape[1:])
-    if ticket is not None and ticket.extra.get("input_shape"):
-        return tuple(int(d) for d in ticket.extra["input_shape"])
+    if ticket is not None and ticket.input_shape:
+        return ticket.input_shape
     return ()
 
 

@@ -8,7 +8,9 @@ after ``backward()``, ``step()`` once per epoch) and the engine's callback proto
 
 Under data parallelism every rank runs the detector on its replica: each step checks that all
 ranks drew the same masks (a hash all-reduce; a difference is an error), and rank 0 alone
-decides emergence and broadcasts it, so every rank stops at the same epoch with the same ticket.
+decides emergence and broadcasts it, so every rank stops at the same epoch with the same ticket
+(through :class:`~ebcompress.earlybird.collectives.Collectives`: torch.distributed's default
+group unless another is given).
 
 Two guards a user's own model needs and the paper's calibrated setups did not: BatchNorms
 whose scales were zero-initialised do not count in the ranking
@@ -19,7 +21,6 @@ measurably learned (:mod:`~ebcompress.earlybird.learning`)
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -31,13 +32,15 @@ import torch
 from torch import Tensor, nn
 
 from ebcompress.channels.capped import warn_capped
-from ebcompress.channels.graph import DEFAULT_MAX_GROUP_RATIO, ChannelGraph, check_draw_options
+from ebcompress.channels.draw_options import DrawOptions
+from ebcompress.channels.graph import ChannelGraph
 from ebcompress.channels.groups import modes_preserved
 from ebcompress.channels.ticket import Ticket
+from ebcompress.checks import check_batch, check_int, check_module, check_number, check_runs
+from ebcompress.earlybird.collectives import Collectives, TorchCollectives, check_ranks_agree
 from ebcompress.earlybird.learning import DEFAULT_MARGIN, LearningCheck
 from ebcompress.earlybird.mask_history import MaskHistory
 from ebcompress.earlybird.sparsity import BNL1Regularizer
-from ebcompress.engine import distributed
 from ebcompress.errors import UserError
 
 STATE_FORMAT = 1
@@ -80,9 +83,13 @@ class EarlyBird:
     ``ignored_layers`` (modules or names; a container means all its submodules) stay dense,
     as in torch-pruning; the tickets record them so :func:`~ebcompress.channels.slim` replays them.
 
-    - ``max_group_ratio``: no group loses more than this fraction of its channels (default
-      0.9; 1.0 is the paper's uncapped rule); groups at the limit are named in the ticket's
-      ``capped`` and in a warning when it emerges.
+    Masks are drawn by ``draw_options`` (:class:`~ebcompress.channels.DrawOptions`) with its
+    fields given as keywords applied on top: ``max_group_ratio=1.0`` is the paper's uncapped
+    rule (default 0.9); groups at the limit are named in ``capped`` and, at emergence, warned of.
+
+    ``collectives`` is how the data-parallel ranks agree on the masks and on emergence
+    (:class:`~ebcompress.earlybird.collectives.Collectives`; default: torch.distributed's
+    default group, or a world of one without one).
     """
 
     def __init__(
@@ -94,10 +101,7 @@ class EarlyBird:
         epsilon: float = 0.1,
         window: int = 5,
         sparsity: float = 1e-4,
-        scope: str = "global",
-        min_keep: int = 1,
-        max_group_ratio: float = DEFAULT_MAX_GROUP_RATIO,
-        round_to: int | None = None,
+        draw_options: DrawOptions | None = None,
         graph: ChannelGraph | None = None,
         ignored_layers: Sequence[nn.Module | str] = (),
         model_name: str | None = None,
@@ -105,15 +109,20 @@ class EarlyBird:
         num_classes: int | None = None,
         chance: float | None = None,
         learning_margin: float = DEFAULT_MARGIN,
+        collectives: Collectives | None = None,
+        **changes: Any,
     ) -> None:
+        check_module(model, "model")
+        check_batch(example_inputs, "example_inputs")
         self.ratios = _check_ratios(ratio)
-        if not 0 < epsilon <= 1:
+        if not 0 < check_number(epsilon, "Early-Bird epsilon") <= 1:
             raise UserError(
                 f"Early-Bird epsilon {epsilon!r} must lie in (0, 1] (the paper uses 0.1)"
             )
-        # Checked here as well as in draw(): a mistake should not cost a first epoch of training.
-        check_draw_options(scope, min_keep, round_to, max_group_ratio)
-        if min_search_epochs < 0:
+        # Built (and checked) now, not at the first draw: a mistake should not cost an epoch.
+        self.draw_options = (draw_options or DrawOptions()).updated(**changes)
+        self.model_name = model_name
+        if check_int(min_search_epochs, "min_search_epochs") < 0:
             raise UserError(f"min_search_epochs={min_search_epochs} must be >= 0")
         self.min_search_epochs = int(min_search_epochs)
         self._unguarded = False  # True only for a search resumed from a pre-guard state
@@ -121,8 +130,11 @@ class EarlyBird:
         self.history = MaskHistory(window)
         # Where the rank-agreement collectives run (NCCL needs the model's CUDA device).
         self._device = next(model.parameters(), example_inputs).device
+        self.collectives = collectives if collectives is not None else TorchCollectives()
         if graph is None:
             graph = ChannelGraph(model, example_inputs, ignored_layers=ignored_layers)
+        else:  # traced already; the chance level below still runs example_inputs
+            check_runs(model, example_inputs, "example_inputs")
         self.graph = graph
         self.regularizer = BNL1Regularizer(self.graph.bn_modules(), sparsity)
         if chance is None and num_classes is None:
@@ -133,14 +145,6 @@ class EarlyBird:
         self.learning = LearningCheck(
             chance=chance, num_classes=num_classes, margin=learning_margin
         )
-        self._draw_options: dict[str, Any] = {
-            "scope": scope,
-            "min_keep": min_keep,
-            "max_group_ratio": max_group_ratio,
-            "round_to": round_to,
-            "model_name": model_name,
-            "warn": False,  # every epoch draws; only the emerged ticket warns
-        }
         self.tickets: dict[float, Ticket] = {}
         self.emerged_epoch: dict[float, int | None] = dict.fromkeys(self.ratios)
         self._latest: dict[float, Ticket] = {}
@@ -179,16 +183,21 @@ class EarlyBird:
         either, no ticket emerges before they show that the network learned (class docstring).
         """
         last = self.history.epochs(self.ratios[0])
-        epoch = (last[-1] + 1 if last else 1) if epoch is None else int(epoch)
+        epoch = (last[-1] + 1 if last else 1) if epoch is None else check_int(epoch, "epoch")
         if last and epoch <= last[-1]:
             raise UserError(
                 f"EarlyBird.step(epoch={epoch}) after epoch {last[-1]}; pass increasing epochs "
                 "or none (to count calls), and load_state_dict() before resuming"
             )
         self.learning.update(epoch, train_top1=train_top1, train_loss=train_loss)
-        drawn = {r: self.graph.draw(r, epoch=epoch, **self._draw_options) for r in self.ratios}
+        drawn = {  # every epoch draws; only the emerged ticket warns
+            r: self.graph.draw(
+                r, self.draw_options, epoch=epoch, model_name=self.model_name, warn=False
+            )
+            for r in self.ratios
+        }
         masks = {ratio: ticket.mask() for ratio, ticket in drawn.items()}
-        _check_ranks_agree(masks, epoch, self._device)
+        check_ranks_agree(masks, epoch, self._device, self.collectives)
         for ratio, ticket in drawn.items():
             self.history.append(ratio, epoch, masks[ratio])
             self._latest[ratio] = ticket
@@ -204,7 +213,7 @@ class EarlyBird:
             allowed = epoch >= self.min_search_epochs and self._window_after_learning(ratio)
             if waiting and allowed and distance is not None and distance < self.epsilon:
                 emerging[ratio] = distance
-        for ratio, distance in distributed.broadcast_object(emerging).items():
+        for ratio, distance in self.collectives.broadcast_object(emerging).items():
             ticket = self._latest[ratio]
             provenance = {
                 "epsilon": self.epsilon,
@@ -310,6 +319,14 @@ class EarlyBird:
             history = MaskHistory.from_state_dict(state["history"], where)
             if history.window != self.window:
                 raise UserError(f"{where} uses window {history.window}, not {self.window}")
+            channels = sum(self.graph.widths.values())
+            if history.ratios and (
+                sorted(history.ratios) != sorted(self.ratios) or history.num_channels != channels
+            ):
+                raise UserError(
+                    f"{where} holds masks of {history.num_channels} channels at ratios "
+                    f"{history.ratios}, not of {channels} at {list(self.ratios)}"
+                )
             latest = {
                 float(e["ratio"]): Ticket.from_dict(e["ticket"], where) for e in state["latest"]
             }
@@ -317,22 +334,29 @@ class EarlyBird:
                 float(e["ratio"]): Ticket.from_dict(e["ticket"], where) for e in state["emerged"]
             }
             emerged = {float(e["ratio"]): int(e["epoch"]) for e in state["emerged"]}
-        except (KeyError, TypeError, ValueError) as exc:
+            learning = replace(self.learning)  # loaded into a copy: a bad state changes nothing
+            learning.load_state_dict(state.get("learning", {}))
+            # The BNs left out of the ranking are those of the search's start, even when the
+            # model was loaded with trained weights before this detector was built.
+            saved_zero = tuple(state.get("zero_init_bns", ()))
+            if not all(isinstance(name, str) for name in saved_zero):
+                raise TypeError("zero_init_bns must list BatchNorm names")
+            # a state saved before the check existed: that search ran unguarded, and stays so
+            unguarded = bool(state.get("unguarded", "learning" not in state))
+        # IndexError, RuntimeError: a tensor where the state holds a list or a number
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
             raise UserError(f"{where}: not a valid Early-Bird state ({exc})") from None
         self.history, self._latest, self.tickets = history, latest, tickets
         self.emerged_epoch = {r: emerged.get(r) for r in self.ratios}
-        # a state saved before the check existed: that search ran unguarded, and stays so
-        self._unguarded = bool(state.get("unguarded", "learning" not in state))
-        self.learning.load_state_dict(state.get("learning") or {})
-        # The BNs left out of the ranking are those of the search's start, even when the
-        # model was loaded with trained weights before this detector was built.
-        saved_zero = tuple(state.get("zero_init_bns") or ())
+        self._unguarded, self.learning = unguarded, learning
         if saved_zero != self.graph.zero_init_bns:
             self.graph.exclude_from_importance(saved_zero)
 
 
 def _check_ratios(ratio: float | Sequence[float]) -> tuple[float, ...]:
-    ratios = (ratio,) if isinstance(ratio, (int, float)) else tuple(ratio)
+    several = isinstance(ratio, Sequence) and not isinstance(ratio, str)
+    several = several or (isinstance(ratio, np.ndarray) and ratio.ndim > 0)
+    ratios = tuple(check_number(r, "EarlyBird ratio") for r in (ratio if several else (ratio,)))
     if not ratios:
         raise UserError("EarlyBird ratio: give at least one pruning ratio, e.g. 0.3")
     bad = [r for r in ratios if not 0 < r < 1]
@@ -340,7 +364,7 @@ def _check_ratios(ratio: float | Sequence[float]) -> tuple[float, ...]:
         raise UserError(f"EarlyBird ratio {bad} must each lie in the open interval (0, 1)")
     if len(set(ratios)) != len(ratios):
         raise UserError(f"EarlyBird ratio {list(ratios)} lists a ratio twice")
-    return tuple(float(r) for r in ratios)
+    return ratios
 
 
 def _output_width(model: nn.Module, example_inputs: Tensor) -> int | None:
@@ -354,35 +378,3 @@ def _output_width(model: nn.Module, example_inputs: Tensor) -> int | None:
     if isinstance(output, Tensor) and output.ndim == 2 and output.shape[1] > 1:
         return int(output.shape[1])
     return None
-
-
-def mask_digest(mask: np.ndarray) -> int:
-    """A 62-bit hash of a boolean mask (non-negative, so its negation fits an int64)."""
-    packed = np.packbits(np.asarray(mask, dtype=bool).ravel())
-    digest = hashlib.blake2b(packed.tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 2
-
-
-def ratios_differing_across_ranks(
-    masks: dict[float, np.ndarray], device: torch.device
-) -> list[float]:
-    """The ratios whose masks are not the same on every data-parallel rank ([] outside DDP):
-    the min and the max of each mask's digest over ranks, in one all-reduce of the digests
-    and their negations."""
-    if not distributed.is_initialized():
-        return []
-    digests = torch.tensor([mask_digest(m) for m in masks.values()], dtype=torch.int64)
-    extremes = distributed.all_reduce_min(torch.cat([digests, -digests]).to(device)).tolist()
-    lowest, highest = extremes[: len(masks)], [-e for e in extremes[len(masks) :]]
-    return [r for r, lo, hi in zip(masks, lowest, highest, strict=True) if lo != hi]
-
-
-def _check_ranks_agree(masks: dict[float, np.ndarray], epoch: int, device: torch.device) -> None:
-    """UserError on every rank when data-parallel ranks drew different masks."""
-    differing = ratios_differing_across_ranks(masks, device)
-    if differing:
-        raise UserError(
-            f"Early-Bird epoch {epoch}: data-parallel ranks drew different masks at ratio "
-            f"{', '.join(f'{r:g}' for r in differing)}; every rank must train the same replica "
-            "(wrap the model in DistributedDataParallel and average BatchNorm statistics)"
-        )

@@ -25,6 +25,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from ebcompress.checks import check_instance, check_int, check_number
 from ebcompress.errors import UserError
 
 DEFAULT_MARGIN = 0.2
@@ -48,7 +51,11 @@ class LearningCheck:
     last_loss: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0 < self.margin < 1:
+        if self.num_classes is not None and check_int(self.num_classes, "num_classes") < 2:
+            raise UserError(f"num_classes={self.num_classes} must be >= 2 (or None: unknown)")
+        if self.chance is not None:
+            check_number(self.chance, "chance")
+        if not 0 < check_number(self.margin, "learning margin") < 1:
             raise UserError(f"learning margin {self.margin!r} must lie in (0, 1), e.g. 0.2")
         if self.chance is None and self.num_classes:
             self.chance = 1.0 / self.num_classes
@@ -79,7 +86,11 @@ class LearningCheck:
 
         ``train_top1`` is a fraction in [0, 1]. A top-1 without a known chance level (and no
         loss to fall back on) cannot be judged: a UserError, not a guard that never passes.
+        Either metric may be a one-element tensor (read with ``.item()``); a non-finite loss
+        (a diverged epoch) is not counted.
         """
+        train_top1 = _metric(train_top1, "train_top1")
+        train_loss = _metric(train_loss, "train_loss")
         if train_top1 is not None and not 0.0 <= train_top1 <= 1.0:
             raise UserError(
                 f"train_top1={train_top1!r} must be a fraction in [0, 1] (divide a percentage "
@@ -140,6 +151,21 @@ class LearningCheck:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("learned_epoch", "checked", "first_loss", "best_top1", "last_loss"):
-            setattr(self, key, state.get(key))
-        self.checked = bool(self.checked)
+        """Restore :meth:`state_dict` output; a mistyped value is a TypeError naming it, and
+        then nothing is restored."""
+        check_instance(state, dict, "the learning state")
+        epoch = state.get("learned_epoch")
+        values = {"learned_epoch": None if epoch is None else check_int(epoch, "learned_epoch")}
+        for key in ("first_loss", "best_top1", "last_loss"):
+            value = state.get(key)
+            values[key] = _metric(value, key)
+        vars(self).update(values, checked=bool(state.get("checked")))
+
+
+def _metric(value: object, name: str) -> float | None:
+    """A training metric as a float (or None): a number, or a one-element tensor."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    return check_number(value, name)

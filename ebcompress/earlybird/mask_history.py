@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ebcompress.atomic import atomic_path, write_text_atomic
+from ebcompress.checks import check_int
 from ebcompress.errors import UserError
 
 HISTORY_FORMAT = 1
@@ -31,7 +33,7 @@ class MaskHistory:
     """
 
     def __init__(self, window: int = 5) -> None:
-        if window < 2:
+        if check_int(window, "Early-Bird window") < 2:
             raise UserError(f"Early-Bird window {window!r} must be >= 2 (the paper uses 5)")
         self.window = int(window)
         self.num_channels: int | None = None
@@ -135,13 +137,17 @@ class MaskHistory:
         try:
             if state["format"] != HISTORY_FORMAT:
                 raise UserError(f"{where}: unsupported mask history format {state['format']!r}")
-            history = cls(int(state["window"]))
+            try:
+                history = cls(int(state["window"]))
+            except UserError as exc:  # a window out of range, as the state recorded it
+                raise UserError(f"{where}: {exc}") from None
             num_channels = state["num_channels"]
             for entry in state["ratios"]:
                 packed = _tensor_to_numpy(entry["packed"])
                 epochs = [int(e) for e in _tensor_to_numpy(entry["epochs"])]
                 history._restore(float(entry["ratio"]), epochs, packed, num_channels, where)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # IndexError, RuntimeError: a tensor where the state holds a list or a number
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
             raise UserError(f"{where}: not a valid mask history ({exc})") from None
         return history
 
@@ -170,9 +176,7 @@ class MaskHistory:
             "num_channels": self.num_channels,
             "ratios": index,
         }
-        tmp = folder / "history.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, folder / "history.json")
+        write_text_atomic(folder / "history.json", json.dumps(meta, indent=1) + "\n")
         return folder
 
     @classmethod
@@ -224,7 +228,6 @@ def _tensor_to_numpy(value: Tensor | np.ndarray) -> np.ndarray:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    # through a handle: np.save appends ".npy" to a file name without it
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
-    os.replace(tmp, path)

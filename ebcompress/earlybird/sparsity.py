@@ -10,12 +10,14 @@ autograd graph, one fused update for all BN layers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ebcompress.checks import check_number
 from ebcompress.errors import UserError
 
 
@@ -34,8 +36,10 @@ class BNL1Regularizer:
     """
 
     def __init__(self, bns: Sequence[_BatchNorm], strength: float = 1e-4) -> None:
-        if not strength >= 0:
-            raise UserError(f"sparsity strength {strength!r} must be >= 0 (typical: 1e-5 to 1e-4)")
+        if not 0 <= check_number(strength, "sparsity strength") < math.inf:
+            raise UserError(
+                f"sparsity strength {strength!r} must be finite and >= 0 (typical: 1e-5 to 1e-4)"
+            )
         self.bns = list(bns)
         self.strength = float(strength)
 

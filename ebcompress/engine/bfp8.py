@@ -5,8 +5,8 @@ You et al. (ICLR 2020, Sec. 4.3, Table 2 and Fig. 6: "EB Train LF / LL") search 
 inference with integers in deep neural networks"). Their code emulated it with QPyTorch
 (unmaintained) the way SWALP does (Yang et al., ICML 2019, "SWALP: Stochastic Weight Averaging
 in Low-Precision Training"): 8-bit block floating point for weights, activations, gradients,
-errors and momentum, with stochastic rounding. This module does the same in plain torch and
-registers it as ``precision: bfp8``.
+errors and momentum, with stochastic rounding. This module does the same in plain torch;
+:data:`ebcompress.engine.precision.PRECISIONS` lists it as ``precision: bfp8``.
 
 The format. A block of numbers shares one exponent ``E = floor(log2(max |x|))`` over its finite
 entries; each entry is an 8-bit signed integer mantissa ``n`` in ``[-127, 127]`` and stands for
@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from torch.nn.modules import module as module_hooks
 
 from ebcompress.engine import distributed
-from ebcompress.engine.precision import Precision, register_precision
+from ebcompress.engine.precision import Precision
 from ebcompress.errors import UserError
 
 BITS = 8
@@ -226,6 +226,3 @@ class BlockFloat8(Precision):
 def _params(optimizer: torch.optim.Optimizer) -> Iterator[Tensor]:
     for group in optimizer.param_groups:
         yield from group["params"]
-
-
-register_precision("bfp8", BlockFloat8)

@@ -2,10 +2,10 @@
 
 A checkpoint file is a short header line (format tag and the SHA-256 of the payload)
 followed by the bytes of ``torch.save(state)``. :func:`save_checkpoint` writes a temporary
-file in the same directory, fsyncs it, moves the current ``last.pt`` to ``prev.pt`` and
-renames the temporary file into place, so at every instant at least one complete checkpoint
-is on disk. :func:`load_checkpoint` verifies the checksum and falls back to ``prev.pt`` when
-``last.pt`` is truncated or corrupted.
+file in the same directory (:func:`ebcompress.atomic.atomic_path`), moves the current
+``last.pt`` to ``prev.pt`` once it is complete and renames it into place, fsynced, so at
+every instant at least one complete checkpoint is on disk. :func:`load_checkpoint` verifies
+the checksum and falls back to ``prev.pt`` when ``last.pt`` is truncated or corrupted.
 
 Loading uses ``torch.load(weights_only=True)`` only, so a state may hold tensors, dicts,
 lists, tuples, strings, numbers, booleans and None; :func:`capture_rng_state` turns the
@@ -14,7 +14,6 @@ numpy and Python RNG states into such values.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import io
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ebcompress.atomic import atomic_path
 from ebcompress.errors import UserError
 
 _MAGIC = b"EBCKPT1 "
@@ -41,23 +41,6 @@ def previous_path(path: Path) -> Path:
     return Path(path).with_name(PREVIOUS_NAME)
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the renames durable; some file systems refuse to open a directory, which is fine.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write ``state`` to ``path`` atomically, keeping the previous checkpoint as ``prev.pt``.
 
@@ -70,20 +53,18 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     torch.save(state, buffer)
     payload = buffer.getvalue()
     header = _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        _write_file(tmp, header + payload)
-        if path.exists():
-            os.replace(path, previous_path(path))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(header + payload)
+            # Rotated only once the new file is written in full: a failed write keeps both.
+            if path.exists():
+                os.replace(path, previous_path(path))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
         raise UserError(
             f"could not write checkpoint {path}: {reason}; the previous checkpoint is kept, "
             "free space and rerun with --resume"
         ) from exc
-    _fsync_dir(path.parent)
 
 
 def _read_verified(path: Path) -> dict[str, Any]:

@@ -8,9 +8,10 @@ the file never holds an epoch twice; a torn last line is dropped too.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from ebcompress.atomic import write_text_atomic
 
 
 def append_entry(path: Path, entry: dict[str, Any]) -> None:
@@ -42,6 +43,4 @@ def truncate_phase(path: Path, phase: str, keep_through: int) -> None:
         for entry in read_entries(path)
         if entry.get("phase") != phase or entry.get("epoch", 0) <= keep_through
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(entry) + "\n" for entry in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(entry) + "\n" for entry in kept))

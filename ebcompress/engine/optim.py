@@ -2,9 +2,11 @@
 
 You et al. (ICLR 2020, Sec. 4.1) train with SGD, momentum 0.9 and weight decay 1e-4 on
 every parameter (BatchNorm scales and biases included), lr 0.1 divided by 10 at 50 % and
-75 % of the epochs. The schedule is a function of the epoch index, so a schedule can start
-part-way: finetuning an Early-Bird ticket continues the dense schedule from the epoch at
-which the ticket was drawn.
+75 % of the epochs; those are :class:`OptimConfig`'s defaults. The schedule is a function of
+the epoch index, so a schedule can start part-way: finetuning an Early-Bird ticket continues
+the dense schedule from the epoch at which the ticket was drawn.
+
+These are the engine's own config types; the shell builds them from ``recipe.train``.
 """
 
 from __future__ import annotations
@@ -16,68 +18,80 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ebcompress.recipe import TrainConfig
+from ebcompress.errors import UserError
 
-
-def build_optimizer(
-    model: nn.Module, cfg: TrainConfig, lr: float | None = None
-) -> torch.optim.Optimizer:
-    """SGD with ``cfg``'s momentum, Nesterov flag and weight decay on all parameters.
-
-    ``lr`` replaces ``cfg.lr`` as the base learning rate (e.g. ``retrain.lr``).
-    """
-    return torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=cfg.lr if lr is None else lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        nesterov=cfg.nesterov and cfg.momentum > 0,
-    )
+SCHEDULES = ("multistep", "cosine", "constant")
 
 
 @dataclass(frozen=True)
-class EpochSchedule:
-    """The factor multiplying the base lr while training epoch index ``e`` (0-based).
+class OptimConfig:
+    """SGD: base learning rate, momentum, weight decay (on every parameter), Nesterov.
 
-    ``multistep``: ``gamma ** (number of milestones <= e)``, so with milestones [80, 120]
-    epochs 80..119 (0-based) run at 0.1x; ``cosine``: ``(1 + cos(pi e / epochs)) / 2``;
-    ``constant``: 1. ``offset`` shifts the index so a schedule can start at a later epoch.
+    ``nesterov`` only takes effect with ``momentum > 0`` (SGD refuses it otherwise).
     """
 
-    kind: str
-    epochs: int
-    milestones: tuple[int, ...]
-    gamma: float
-    offset: int = 0
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
 
-    def __call__(self, step: int) -> float:
-        epoch = step + self.offset
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """A per-epoch schedule of ``epochs`` epochs: the factor on the base lr per epoch index.
+
+    ``multistep``: ``gamma ** (number of milestones <= e)`` at 0-based epoch index ``e``, so
+    with milestones (80, 120) epochs 80..119 (0-based) run at 0.1x; ``cosine``:
+    ``(1 + cos(pi e / epochs)) / 2``; ``constant``: 1. UserError for another ``kind`` or
+    ``epochs < 1``.
+    """
+
+    epochs: int
+    kind: str = "multistep"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise UserError(
+                f"schedule {self.kind!r} is not known; use one of {', '.join(SCHEDULES)}"
+            )
+        if self.epochs < 1:
+            raise UserError(f"schedule epochs={self.epochs}: a schedule needs at least 1 epoch")
+
+    def factor(self, epoch: int) -> float:
+        """The factor multiplying the base lr while training 0-based epoch index ``epoch``."""
         if self.kind == "multistep":
             return self.gamma ** bisect.bisect_right(self.milestones, epoch)
         if self.kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs))
-        if self.kind == "constant":
-            return 1.0
-        raise ValueError(f"unknown schedule {self.kind!r}")
+        return 1.0
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """SGD per ``optim`` on all of ``model``'s trainable parameters."""
+    return torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=optim.lr,
+        momentum=optim.momentum,
+        weight_decay=optim.weight_decay,
+        nesterov=optim.nesterov and optim.momentum > 0,
+    )
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, start_epoch: int = 0
+    optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, start_epoch: int = 0
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-epoch schedule (call ``step()`` once after each epoch).
 
     ``start_epoch > 0`` continues the schedule from that epoch: the first epoch trained
     uses the lr the full schedule has at (0-based) index ``start_epoch``.
     """
-    schedule = EpochSchedule(
-        kind=cfg.schedule,
-        epochs=cfg.epochs,
-        milestones=tuple(cfg.milestones),
-        gamma=cfg.gamma,
-        offset=start_epoch,
+    # A plain function, not a bound method or callable object: LambdaLR then keeps it out of
+    # its state_dict, so checkpoints hold only numbers.
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: schedule.factor(step + start_epoch)
     )
-    # A plain function, not the dataclass: LambdaLR then keeps it out of its state_dict.
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
 
 
 def rebase_lr(scheduler: torch.optim.lr_scheduler.LRScheduler, base_lr: float) -> None:

@@ -6,22 +6,24 @@
 recent PyTorch; where a device cannot autocast, :func:`precision_policy` raises a
 :class:`UserError` naming the device.
 
-A new precision subclasses :class:`Precision`, overriding the parts it needs, and calls
-:func:`register_precision`: ``bfp8`` (8-bit block floating point, :mod:`ebcompress.engine.bfp8`) is
-one, imported on first lookup.
+A new precision subclasses :class:`Precision`, overriding the parts it needs, and is
+registered in :data:`PRECISIONS` under its name, with a factory ``(device) -> Precision``:
+``bfp8`` (8-bit block floating point, :mod:`ebcompress.engine.bfp8`) is one, registered by
+module path so that it is imported on first lookup only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from ebcompress.errors import UserError
+from ebcompress.registry import Registry
 
 
 class Precision:
@@ -76,28 +78,14 @@ class AutocastPrecision(Precision):
         return torch.amp.GradScaler(self.device.type)
 
 
-_PRECISIONS: dict[str, Callable[[torch.device], Precision]] = {
-    "fp32": Precision,
-    "bf16": lambda device: AutocastPrecision(device, "bf16", torch.bfloat16),
-    "fp16": lambda device: AutocastPrecision(device, "fp16", torch.float16),
-}
-# Modules that register further precisions when imported.
-_PROVIDERS = ("ebcompress.engine.bfp8",)
-
-
-def register_precision(name: str, factory: Callable[[torch.device], Precision]) -> None:
-    """Make ``precision: <name>`` build its policy with ``factory(device)``."""
-    _PRECISIONS[name] = factory
+#: ``train.precision`` / ``retrain.precision`` names -> ``factory(device) -> Precision``.
+PRECISIONS: Registry[Callable[[torch.device], Precision]] = Registry("precision")
+PRECISIONS.register("fp32", Precision)
+PRECISIONS.register("bf16", partial(AutocastPrecision, name="bf16", dtype=torch.bfloat16))
+PRECISIONS.register("fp16", partial(AutocastPrecision, name="fp16", dtype=torch.float16))
+PRECISIONS.register_lazy("bfp8", "ebcompress.engine.bfp8:BlockFloat8")
 
 
 def precision_policy(name: str, device: torch.device) -> Precision:
-    """The policy for ``name`` on ``device``; UserError for a precision not implemented."""
-    for provider in _PROVIDERS:
-        importlib.import_module(provider)
-    factory = _PRECISIONS.get(name)
-    if factory is None:
-        raise UserError(
-            f"train.precision {name!r} is not implemented in this version; "
-            f"use one of {', '.join(sorted(_PRECISIONS))}"
-        )
-    return factory(torch.device(device))
+    """The policy for ``name`` on ``device``; UserError listing the precisions for another."""
+    return PRECISIONS.get(name)(torch.device(device))

@@ -1,4 +1,4 @@
-"""The Method protocol every pruning algorithm implements, and its registry.
+"""The Method protocol every pruning algorithm implements.
 
 A method turns a recipe's dense network into a ticket and says how the slim network is
 retrained. The pipeline (:mod:`ebcompress.run.pipeline`) owns everything else: building the model
@@ -13,16 +13,17 @@ two decisions:
     Which weights the slim network starts from (inherited, re-initialised, rewound) and which
     epochs of the schedule it trains.
 
-Methods register by key (``eb``, ``ns``, ``lt``, ``snip``, ``thinet``); a duplicate key raises.
+A method keeps no state between the two: everything retraining needs is in the outcome, which
+:mod:`ebcompress.run.search_result` saves, so a resumed run plans from the saved one. The
+methods are listed by key, with their options, in :mod:`ebcompress.methods.catalog`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -34,7 +35,10 @@ from ebcompress.data import DataSplit
 from ebcompress.earlybird.learning import LearningCheck
 from ebcompress.engine.trainer import Trainer
 from ebcompress.errors import UserError
+from ebcompress.methods.catalog import METHODS
+from ebcompress.methods.training import build_trainer
 from ebcompress.recipe import Recipe
+from ebcompress.registry import import_target
 
 
 @dataclass
@@ -63,7 +67,9 @@ class SearchOutcome:
 
     ``ticket`` always describes the channel structure to retrain. Unstructured methods (LT and
     SNIP with ``granularity: unstructured``) keep every channel and put their sparsity in
-    ``weight_masks`` (parameter name -> 0/1 tensor) instead.
+    ``weight_masks`` (parameter name -> 0/1 tensor) instead. ``start_state`` is the dense
+    state dict the slim network is cut from when that is not the searched weights left in
+    ``run.model`` (LT's rewound survivors, SNIP's initialisation, ThiNet's rescaled weights).
     """
 
     ticket: Ticket
@@ -72,6 +78,7 @@ class SearchOutcome:
     note: str = ""
     weight_masks: dict[str, torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    start_state: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -93,42 +100,17 @@ class RetrainPlan:
 
 
 class Method(Protocol):
-    """A pruning algorithm under the pipeline's common interface."""
-
-    key: ClassVar[str]
-    title: ClassVar[str]
+    """A pruning algorithm under the pipeline's common interface (stateless: see above)."""
 
     def search(self, run: RunContext) -> SearchOutcome: ...
 
     def retrain_plan(self, run: RunContext, outcome: SearchOutcome) -> RetrainPlan: ...
 
 
-_REGISTRY: dict[str, type] = {}
-# Methods that live outside the core are imported on first lookup, so `--method ns` works
-# without the caller importing the baselines package.
-_PROVIDERS = ("ebcompress.methods.eb_train", "ebcompress.baselines")
-
-
-def register_method(cls: type) -> type:
-    """Class decorator: register a Method under ``cls.key``; a duplicate key is an error."""
-    key = cls.key
-    if key in _REGISTRY and _REGISTRY[key] is not cls:
-        raise ValueError(f"method {key!r} is already registered by {_REGISTRY[key].__qualname__}")
-    _REGISTRY[key] = cls
-    return cls
-
-
-def available_methods() -> dict[str, type]:
-    for provider in _PROVIDERS:
-        importlib.import_module(provider)
-    return dict(_REGISTRY)
-
-
 def get_method(key: str) -> Method:
-    methods = available_methods()
-    if key not in methods:
-        raise UserError(f"unknown method {key!r}; choose one of: {', '.join(methods)}")
-    return methods[key]()
+    """A fresh instance of the method ``key`` (its module is imported now); a UserError
+    listing the registered keys for another."""
+    return import_target(METHODS.get(key).implementation)()
 
 
 def chance_top1(data: DataSplit) -> float:
@@ -170,20 +152,18 @@ def train_dense(
     (:func:`learning_check`) has nothing worth pruning: that is a one-line UserError naming
     what to change, raised before any ticket is drawn or retrained."""
     recipe = run.recipe
-    trainer = Trainer(
+    trainer = build_trainer(
         run.model,
         run.data,
-        recipe.train,
-        phase="search",
-        end_epoch=end_epoch,
-        callbacks=list(callbacks),
-        run_dir=run.run_dir,
+        recipe,
+        "search",
         device=run.device,
-        seed=recipe.seed,
+        run_dir=run.run_dir,
+        progress=run.progress,
+        callbacks=callbacks,
         ledger=run.ledger,
         macs_per_sample=run.dense_macs,
-        progress=run.progress,
-        num_workers=recipe.data.num_workers,
+        end_epoch=end_epoch,
     )
     history = trainer.fit(resume=run.resume)
     check = learning_check(run)

@@ -12,7 +12,7 @@ paper's protocol) or on the rest of the dense schedule (``continue``).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,11 +27,11 @@ from ebcompress.methods.base import (
     RunContext,
     SearchOutcome,
     chance_top1,
-    register_method,
     retrain_epochs_after_search,
     train_dense,
 )
 from ebcompress.recipe import Recipe
+from ebcompress.run.paths import RunPaths
 
 
 def early_bird_for(
@@ -52,10 +52,7 @@ def early_bird_for(
         epsilon=prune.epsilon,
         window=prune.window,
         sparsity=prune.sparsity,
-        scope=prune.scope,
-        min_keep=prune.min_keep,
-        max_group_ratio=prune.max_group_ratio,
-        round_to=prune.round_to,
+        draw_options=prune.draw_options(),
         model_name=recipe.model.name,
         min_search_epochs=prune.min_search_epochs,
         chance=chance,
@@ -83,12 +80,8 @@ class _DistanceLine:
         return False
 
 
-@register_method
 class EarlyBirdTrain:
-    """Early-Bird ticket search followed by slim retraining."""
-
-    key: ClassVar[str] = "eb"
-    title: ClassVar[str] = "EB Train"
+    """Early-Bird ticket search followed by slim retraining (catalogue key ``eb``)."""
 
     def search(self, run: RunContext) -> SearchOutcome:
         recipe = run.recipe
@@ -100,7 +93,7 @@ class EarlyBirdTrain:
         limit = min(prune.max_search_epochs or recipe.train.epochs, recipe.train.epochs)
         trainer = train_dense(run, [bird, _DistanceLine(bird, prune.epsilon)], end_epoch=limit)
         if run.run_dir is not None and distributed.is_main():
-            bird.history.save(run.run_dir / "masks")
+            bird.history.save(RunPaths(run.run_dir).masks)
         extra: dict[str, Any] = {
             "learned_epoch": bird.learning.learned_epoch,
             "emerged_epochs": {f"{r:g}": e for r, e in bird.emerged_epoch.items()},

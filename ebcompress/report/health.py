@@ -105,7 +105,7 @@ def assess_run(
         chance_top1=chance_top1,
         dense_top1_at_ticket=dense_top1_at_ticket,
         capped_groups=dict(ticket.capped),
-        kept_dense_groups=dict(ticket.extra.get("kept_dense") or {}),
+        kept_dense_groups=dict(ticket.kept_dense),
         zero_init_bns=ticket.zero_init_bns,
         skipped_images=skipped_images,
         divergence=divergence,

@@ -1,6 +1,6 @@
 """Pictures of one run directory, as PNG files in ``plots/``.
 
-Everything is drawn from the run directory alone (the report dict built from ``state.json``
+Everything is drawn from the run directory alone (the ``RunReport`` built from ``state.json``
 and ``metrics.jsonl``, ``masks/`` and ``ticket.json``), so ``ebcompress report`` can redraw it
 at any time. Figures are created on matplotlib's Agg canvas directly (no pyplot): that needs no
 display and never switches the backend of a user's own session.
@@ -23,12 +23,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
+from ebcompress.atomic import atomic_path
 from ebcompress.channels.ticket import Ticket
 from ebcompress.earlybird.mask_history import MaskHistory
 from ebcompress.errors import UserError
-from ebcompress.report.build import describe_saving
+from ebcompress.report.run_report import RunReport, describe_saving
+from ebcompress.run.paths import RunPaths
+from ebcompress.run.results import RunResults
 
-PLOTS_DIR = "plots"
 DPI = 110
 EB_MARK = "tab:red"
 PHASE_COLOURS = {"search": "tab:blue", "retrain": "tab:orange"}
@@ -49,9 +51,8 @@ def save_figure(figure: Figure, path: str | os.PathLike[str]) -> Path:
     """Write ``figure`` as PNG atomically; no software tag, so a redraw gives the same bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    figure.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
     return path
 
 
@@ -246,17 +247,14 @@ def plot_curves(
     return save_figure(figure, path)
 
 
-def _dense_extrapolation(
-    report: Mapping[str, Any], measured: Mapping[str, float | None]
-) -> float | None:
+def _dense_extrapolation(results: RunResults, measured: Mapping[str, float | None]) -> float | None:
     """What a full dense training would take of a quantity measured per phase (seconds,
     joules): scaled by FLOPs from a phase that trained the dense network, else None."""
-    cost = report["cost"]
-    dense_macs = report["model"]["dense"]["macs"]
-    for phase in cost["phases"]:
-        value = measured.get(phase["phase"])
-        if phase["macs_per_sample"] == dense_macs and phase["training_flops"] and value:
-            return value * cost["dense_reference_flops"] / phase["training_flops"]
+    cost = results.cost
+    for phase in cost.phases:
+        value = measured.get(phase.phase)
+        if phase.macs_per_sample == results.model.dense.macs and phase.training_flops and value:
+            return value * cost.dense_reference_flops / phase.training_flops
     return None
 
 
@@ -296,51 +294,50 @@ def _cost_panel(
     ax.grid(axis="y", alpha=0.3)
 
 
-def plot_cost(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+def plot_cost(results: RunResults, path: str | os.PathLike[str]) -> Path:
     """Training FLOPs, wall time and measured energy of this run, stacked by phase, beside a
     full dense training of the same recipe. Dense FLOPs are counted; its wall time and energy
     are extrapolated from a phase that trained the dense network (hatched) or left out."""
-    phases = report["cost"]["phases"]
-    flops = {p["phase"]: float(p["training_flops"]) for p in phases}
-    seconds = dict(report["timing"]["seconds_per_phase"])
-    joules = {p["phase"]: p["joules"] for p in phases}
+    cost = results.cost
+    flops = {p.phase: float(p.training_flops) for p in cost.phases}
+    joules = {p.phase: p.joules for p in cost.phases}
     figure = new_figure(11.0, 4.0)
     flops_ax, time_ax, energy_ax = figure.subplots(1, 3)
-    dense_flops = float(report["cost"]["dense_reference_flops"])
-    _cost_panel(flops_ax, flops, dense_flops, title="training FLOPs",
+    _cost_panel(flops_ax, flops, float(cost.dense_reference_flops), title="training FLOPs",
                 formatter=EngFormatter(places=1), extrapolated=False)  # fmt: skip
     for ax, measured, title, unit in (
-        (time_ax, seconds, "wall time", "s"),
+        (time_ax, cost.seconds_per_phase, "wall time", "s"),
         (energy_ax, joules, "energy", "J"),
     ):
-        _cost_panel(ax, measured, _dense_extrapolation(report, measured), title=title,
+        _cost_panel(ax, measured, _dense_extrapolation(results, measured), title=title,
                     formatter=EngFormatter(unit=unit, places=1), extrapolated=True)  # fmt: skip
     figure.legend(*flops_ax.get_legend_handles_labels(), loc="outside lower center",
-                  ncols=len(phases), fontsize=9)  # fmt: skip
-    total = EngFormatter(unit="FLOPs", places=1)(report["cost"]["total_flops"])
+                  ncols=len(cost.phases), fontsize=9)  # fmt: skip
+    total = EngFormatter(unit="FLOPs", places=1)(cost.total_flops)
     figure.suptitle(f"Training cost of this run ({total}) vs a full dense training: "
-                    f"{describe_saving(report['cost']['saving_vs_dense'])}")  # fmt: skip
+                    f"{describe_saving(cost.saving_vs_dense)}")  # fmt: skip
     return save_figure(figure, path)
 
 
 # ----------------------------------------------------------------------------- run directory
 
 
-def write_run_plots(run_dir: str | os.PathLike[str], report: Mapping[str, Any]) -> dict[str, Any]:
+def write_run_plots(run_dir: str | os.PathLike[str], report: RunReport) -> dict[str, Any]:
     """Draw every plot of :data:`RUN_PLOTS` that the run directory has the data for into
     ``run_dir/plots`` and return ``{"written": {name: relative path}, "skipped": {name:
     reason}}``. Runs without ``masks/`` (methods other than EB) skip the Early-Bird plots."""
-    run_dir = Path(run_dir)
+    paths = RunPaths(run_dir)
     written: dict[str, str] = {}
     skipped: dict[str, str] = {}
 
     def target(name: str) -> Path:
-        written[name] = f"{PLOTS_DIR}/{name}.png"
-        return run_dir / written[name]
+        path = paths.plot(name)
+        written[name] = paths.relative(path)
+        return path
 
-    recipe = report.get("recipe") or {}
-    history, why_not = _load_history(run_dir / "masks")
-    eb_epochs = report.get("search", {}).get("emerged_epochs") or {}
+    results, recipe = report.results, report.recipe or {}
+    history, why_not = _load_history(paths.masks)
+    eb_epochs = results.search.emerged_epochs or {}
     if history is None:
         skipped["mask_distance_matrix"] = skipped["emergence"] = why_not
     else:
@@ -351,27 +348,26 @@ def write_run_plots(run_dir: str | os.PathLike[str], report: Mapping[str, Any]) 
         else:
             plot_emergence(history, target("emergence"), epsilon=epsilon, eb_epochs=eb_epochs)
 
-    ticket_path = run_dir / "ticket.json"
-    if ticket_path.is_file():
-        plot_channels_per_layer(Ticket.load(ticket_path), target("channels_per_layer"))
+    if paths.ticket.is_file():
+        plot_channels_per_layer(Ticket.load(paths.ticket), target("channels_per_layer"))
     else:
         skipped["channels_per_layer"] = "no ticket.json"
 
-    if report.get("epochs"):
+    if report.epochs:
         train = recipe.get("train", {})
-        ticket = report["ticket"]
+        ticket = results.ticket
         plot_curves(
-            report["epochs"],
+            report.epochs,
             target("curves"),
             schedule_epochs=train.get("epochs"),
             milestones=train.get("milestones", []) if train.get("schedule") == "multistep" else [],
-            ticket_epoch=ticket["epoch"],
-            ticket_label="EB ticket" if ticket["emerged"] and history is not None else "ticket",
+            ticket_epoch=ticket.epoch,
+            ticket_label="EB ticket" if ticket.emerged and history is not None else "ticket",
         )
     else:
         skipped["curves"] = "metrics.jsonl holds no epochs"
 
-    plot_cost(report, target("cost"))
+    plot_cost(results, target("cost"))
     return {"written": written, "skipped": skipped}
 
 

@@ -17,20 +17,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ebcompress.atomic import write_text_atomic
+from ebcompress.engine import distributed as dist
 from ebcompress.errors import UserError
 from ebcompress.recipe import Recipe, validate_recipe
-from ebcompress.report.build import REPORT_JSON, describe_saving
+from ebcompress.report.build import build_report
 from ebcompress.report.plots_compare import plot_accuracy_vs_flops
+from ebcompress.report.run_report import RunReport, describe_saving
+from ebcompress.run.paths import ComparePaths, RunPaths
 from ebcompress.run.pipeline import run_pipeline
-from ebcompress.run.state import is_finished, read_state
-
-
-def run_dir_name(method: str, ratio: float) -> str:
-    return f"{method}_p{round(ratio * 100):02d}"
+from ebcompress.run.state import existing_state
 
 
 def _is_finished(run_dir: Path) -> bool:
-    return is_finished(read_state(run_dir)) and (run_dir / REPORT_JSON).is_file()
+    """Finished and reported: a run killed while drawing its plots is resumed instead."""
+    state = existing_state(run_dir)
+    return state is not None and state.finished and RunPaths(run_dir).report_json.is_file()
 
 
 def run_compare(
@@ -43,13 +45,16 @@ def run_compare(
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run every (method, ratio) not yet finished, then write compare.{json,csv,md}."""
+    """Run every (method, ratio) not yet finished, then write compare.{json,csv,md}.
+
+    Under data parallelism every rank trains; rank 0 alone reads the runs back and writes
+    the comparison (the others return an empty dict, as :func:`run_pipeline` does)."""
     if not methods:
         raise UserError("--methods is empty; give e.g. --methods eb,ns")
     for ratio in ratios:
         if not 0 < ratio < 1:
             raise UserError(f"--ratios: {ratio:g} is outside (0, 1)")
-    out = Path(out_dir)
+    out = ComparePaths(out_dir)
     base = recipe.to_dict()
     rows = []
     for method in methods:
@@ -58,11 +63,9 @@ def run_compare(
                 {**base, "prune": {**base["prune"], "method": method, "ratio": ratio}},
                 where=f"compare {method} p={ratio:g}",
             )
-            run_dir = out / run_dir_name(method, ratio)
-            if _is_finished(run_dir):
-                report = json.loads((run_dir / REPORT_JSON).read_text(encoding="utf-8"))
-            else:
-                report = run_pipeline(
+            run_dir = out.run(method, ratio)
+            if not _is_finished(run_dir):
+                run_pipeline(
                     variant,
                     run_dir,
                     data_root=data_root,
@@ -70,25 +73,27 @@ def run_compare(
                     device=device,
                     progress=progress,
                 )
-            rows.append(_row(method, ratio, run_dir.name, report))
-    return write_compare(out, recipe.name, rows)
+            if dist.is_main():
+                rows.append(_row(method, ratio, run_dir.name, build_report(run_dir)))
+    return write_compare(out.root, recipe.name, rows) if dist.is_main() else {}
 
 
-def _row(method: str, ratio: float, run_name: str, report: dict[str, Any]) -> dict[str, Any]:
+def _row(method: str, ratio: float, run_name: str, report: RunReport) -> dict[str, Any]:
+    results, health = report.results, report.health
     return {
         "method": method,
         "ratio": ratio,
         "run_dir": run_name,
-        "test_top1": report["accuracy"]["test_top1"],
-        "total_flops": report["cost"]["total_flops"],
-        "seconds": report["timing"]["total_seconds"],
-        "params": report["model"]["slim"]["params"],
-        "macs": report["model"]["slim"]["macs"],
-        "search_epochs": report["search"]["epochs"],
-        "ticket_epoch": report["ticket"]["epoch"],
-        "emerged": report["ticket"]["emerged"],
-        "health": (report.get("health") or {}).get("status", "unknown"),
-        "health_flags": " | ".join((report.get("health") or {}).get("flags", [])),
+        "test_top1": results.accuracy.test_top1,
+        "total_flops": results.cost.total_flops,
+        "seconds": results.cost.total_seconds,
+        "params": results.model.slim.params,
+        "macs": results.model.slim.macs,
+        "search_epochs": results.search.epochs,
+        "ticket_epoch": results.ticket.epoch,
+        "emerged": results.ticket.emerged,
+        "health": health.status,
+        "health_flags": " | ".join(health.flags),
     }
 
 
@@ -115,22 +120,22 @@ def improvement(rows: list[dict[str, Any]], reference: str = "eb") -> dict[float
 
 def write_compare(out: Path, recipe_name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """compare.json, compare.csv, compare.md (+ accuracy_vs_flops.png) in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    paths = ComparePaths(out)
+    paths.root.mkdir(parents=True, exist_ok=True)
     gains = improvement(rows)
     result = {
         "recipe": recipe_name,
         "rows": rows,
         "improvement": {f"{k:g}": v for k, v in gains.items()},
     }
-    (out / "compare.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(paths.json, json.dumps(result, indent=1) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    (out / "compare.csv").write_text(buffer.getvalue(), encoding="utf-8")
-    plot = "accuracy_vs_flops.png"
-    plot_accuracy_vs_flops(rows, out / plot)
-    (out / "compare.md").write_text(render_table(recipe_name, rows, gains, plot), encoding="utf-8")
+    write_text_atomic(paths.csv, buffer.getvalue())
+    plot_accuracy_vs_flops(rows, paths.plot)
+    write_text_atomic(paths.md, render_table(recipe_name, rows, gains, paths.plot.name))
     return result
 
 

@@ -22,9 +22,7 @@ import yaml
 
 from ebcompress.errors import UserError
 from ebcompress.recipe import Recipe
-
-RECIPE_FILE = "recipe.yaml"
-HISTORY_FILE = "recipe_history.jsonl"
+from ebcompress.run.paths import RunPaths
 
 #: Fields a resume may change: they do not alter what the run computes, or they are the
 #: documented recovery from a divergence (the learning rates).
@@ -88,7 +86,8 @@ def check_resume(run_dir: Path, recipe: Recipe, *, force: bool = False) -> list[
 
     Returns the accepted changes. Call before ``recipe.yaml`` is rewritten.
     """
-    path = run_dir / RECIPE_FILE
+    paths = RunPaths(run_dir)
+    path = paths.recipe
     if not path.is_file():
         return []
     try:
@@ -114,6 +113,6 @@ def check_resume(run_dir: Path, recipe: Recipe, *, force: bool = False) -> list[
             "forced": bool(altering),
             "changes": [c._asdict() for c in changes],
         }
-        with open(run_dir / HISTORY_FILE, "a", encoding="utf-8") as handle:
+        with open(paths.recipe_history, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry, default=str) + "\n")
     return changes

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import IO
 
 from ebcompress.errors import UserError
-
-LOCK_FILE = "run.lock"
+from ebcompress.run.paths import RunPaths
 
 
 def lock_holder(run_dir: Path) -> str | None:
     """``"pid N on HOST"`` when a live process holds the run's lock, else None."""
-    path = Path(run_dir) / LOCK_FILE
+    path = RunPaths(run_dir).lock
     try:
         handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed below; never creates it
     except OSError:
@@ -55,7 +54,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     then finds it unlinked and tries again on the new file (the inode check), so two writers
     never both believe they hold it.
     """
-    path = Path(run_dir) / LOCK_FILE
+    path = RunPaths(run_dir).lock
     for _ in range(8):
         handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
         try:

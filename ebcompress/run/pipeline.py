@@ -1,11 +1,9 @@
 """One method, one run directory: search, ticket, slim, retrain, evaluate, export, report.
 
 Each phase checkpoints as it goes, so ``resume=True`` continues a killed run where it stopped
-and a finished phase is not run again. Only rank 0 writes. The run directory layout is the
-one in docs/architecture.md::
-
-    recipe.yaml  state.json  metrics.jsonl  masks/  ticket.json  checkpoints/  model/
-    report.json  report.md  plots/
+and a finished phase is not run again. Only rank 0 writes. The run directory's files are
+named in :mod:`ebcompress.run.paths` (the layout of docs/architecture.md); the results go to
+``state.json`` as :class:`~ebcompress.run.results.RunResults`.
 """
 
 from __future__ import annotations
@@ -15,42 +13,53 @@ import os
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from ebcompress.atomic import write_text_atomic
 from ebcompress.channels.slim import slim
 from ebcompress.channels.ticket import Ticket
 from ebcompress.channels.zero_init import find_zero_init_bn
 from ebcompress.cost.flops import FlopCount, TrainingLedger, count_flops
 from ebcompress.data import DataSplit, load_data, skipped_images
 from ebcompress.deploy.formats import ModelSpec, default_path, export, export_bundle
-from ebcompress.earlybird.detector import ratios_differing_across_ranks
 from ebcompress.engine import distributed as dist
 from ebcompress.engine.divergence import DivergenceError
 from ebcompress.engine.progress import log
-from ebcompress.engine.trainer import Trainer
 from ebcompress.errors import UserError
 from ebcompress.methods.base import (
-    Method,
     RetrainPlan,
     RunContext,
     SearchOutcome,
     chance_top1,
     get_method,
 )
+from ebcompress.methods.data import data_options
+from ebcompress.methods.training import build_trainer
 from ebcompress.models import build_model
-from ebcompress.recipe import Recipe, TrainConfig
+from ebcompress.recipe import Recipe
 from ebcompress.report.build import write_report
 from ebcompress.run.drift import check_resume
 from ebcompress.run.lock import run_lock
-from ebcompress.run.search_result import load_search_result, save_search_result
+from ebcompress.run.paths import RunPaths
+from ebcompress.run.results import (
+    Accuracy,
+    CostSummary,
+    DataSummary,
+    ModelSummary,
+    RetrainSummary,
+    RunResults,
+    SearchSummary,
+    TicketSummary,
+)
+from ebcompress.run.search_result import search_or_resume
 from ebcompress.run.state import (
-    is_finished,
+    RunState,
+    existing_state,
     prepare_run_dir,
-    read_state,
     record_divergence,
     write_state,
 )
@@ -81,7 +90,8 @@ def run_pipeline(
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     dist.barrier()
     with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():
-        if resume and is_finished(read_state(run_dir)):
+        state = existing_state(run_dir) if resume else None
+        if state is not None and state.finished:
             return write_report(run_dir) if dist.is_main() else {}
         try:
             if resume:
@@ -103,11 +113,44 @@ def _run(
     dev: torch.device,
     progress: bool,
 ) -> dict[str, Any]:
-    method = get_method(recipe.prune.method)
+    """The phases in order: start, search, retrain, export, results and report."""
+    key = recipe.prune.method
+    method = get_method(key)
     if dist.is_main():
-        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-    data = load_data(recipe.data, root=data_root, seed=recipe.seed)
-    input_size = (data.in_chans, data.image_size, data.image_size)
+        write_text_atomic(RunPaths(run_dir).recipe, recipe.to_yaml())
+    run, dense_cost = _start(
+        recipe, run_dir, data_root=data_root, resume=resume, dev=dev, progress=progress
+    )
+    write_state(run_dir, RunState(status="search", method=key))
+    _seed_phase(recipe.seed, "search")
+    outcome, plan = search_or_resume(method, run)
+    slim_model = _slim_for_retrain(run, outcome, plan)
+    write_state(run_dir, RunState(status="retrain", method=key))
+    retrained = _retrain(run, slim_model, plan)
+    if not dist.is_main():
+        return {}
+    _export(run, retrained.model, outcome.ticket)
+    results = _results(run, key, outcome, plan, dense_cost, retrained)
+    write_state(run_dir, RunState(status="finished", method=key, results=results))
+    return write_report(run_dir)
+
+
+def _input_size(data: DataSplit) -> tuple[int, int, int]:
+    return (data.in_chans, data.image_size, data.image_size)
+
+
+def _start(
+    recipe: Recipe,
+    run_dir: Path,
+    *,
+    data_root: str | None,
+    resume: bool,
+    dev: torch.device,
+    progress: bool,
+) -> tuple[RunContext, FlopCount]:
+    """The data, the dense model and its forward cost, and the context every phase shares."""
+    data = load_data(data_options(recipe.data), root=data_root, seed=recipe.seed)
+    input_size = _input_size(data)
 
     def build_dense(seed_offset: int = 0) -> nn.Module:
         torch.manual_seed(recipe.seed + seed_offset)
@@ -124,14 +167,13 @@ def _run(
         )
     example_inputs = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(dev)
     dense_cost = _first_forward(recipe, model, input_size)
-    ledger = TrainingLedger()
     run = RunContext(
         recipe=recipe,
         data=data,
         model=model,
         example_inputs=example_inputs,
         run_dir=run_dir,
-        ledger=ledger,
+        ledger=TrainingLedger(),
         device=dev,
         dense_macs=dense_cost.macs,
         resume=resume,
@@ -139,115 +181,65 @@ def _run(
         build_dense=lambda: build_dense(seed_offset=1),
         initial_state={k: v.detach().clone() for k, v in model.state_dict().items()},
     )
-    write_state(run_dir, {"status": "search", "method": method.key})
-    _seed_phase(recipe.seed, "search")
-    outcome, plan = _search(method, run)
-    slim_model = _slim_for_retrain(run, outcome, plan)
-    slim_cost = count_flops(slim_model, input_size)
-    write_state(run_dir, {"status": "retrain", "method": method.key})
+    return run, dense_cost
+
+
+class _Retrained(NamedTuple):
+    model: nn.Module
+    cost: FlopCount  # the slim network's forward cost
+    history_epochs: int  # epochs this process trained
+    final: dict[str, Any]  # the test metrics after retraining
+
+
+def _retrain(run: RunContext, slim_model: nn.Module, plan: RetrainPlan) -> _Retrained:
+    """Retrain the slim network per the plan (resumable) and evaluate it."""
+    recipe, data, dev, run_dir, ledger = run.recipe, run.data, run.device, run.run_dir, run.ledger
+    progress = run.progress
+    slim_cost = count_flops(slim_model, _input_size(data))
     _seed_phase(recipe.seed, "retrain")
-    trainer = Trainer(
+    trainer = build_trainer(
         slim_model,
         data,
-        _retrain_schedule(recipe.train, plan),
-        phase="retrain",
-        start_epoch=plan.start_epoch,
-        end_epoch=plan.end_epoch,
-        lr=plan.lr or recipe.retrain.lr,
-        precision=recipe.retrain.precision,
-        callbacks=plan.callbacks,
-        run_dir=run_dir,
+        recipe,
+        "retrain",
         device=dev,
-        seed=recipe.seed,
+        run_dir=run_dir,
+        progress=progress,
         ledger=ledger,
         macs_per_sample=slim_cost.macs,
-        progress=progress,
-        num_workers=recipe.data.num_workers,
+        plan=plan,
     )
-    history = trainer.fit(resume=resume)
-    final = trainer.evaluate()
-    if not dist.is_main():
-        return {}
+    history = trainer.fit(resume=run.resume)
+    return _Retrained(slim_model, slim_cost, len(history), trainer.evaluate())
+
+
+def _export(run: RunContext, model: nn.Module, ticket: Ticket) -> None:
+    """The slim model as a bundle in ``model/``, plus the recipe's other export formats."""
+    recipe, data = run.recipe, run.data
+    folder = RunPaths(run.run_dir).model
     spec = ModelSpec(
         arch=recipe.model.name,
         build_kwargs=dict(recipe.model.kwargs),
         num_classes=data.num_classes,
         in_chans=data.in_chans,
-        input_size=input_size,
+        input_size=_input_size(data),
         mean=tuple(data.mean),
         std=tuple(data.std),
     )
-    unwrapped = dist.unwrap(slim_model)
-    export_bundle(unwrapped, run_dir / "model", spec=spec, ticket=outcome.ticket)
+    unwrapped = dist.unwrap(model)
+    export_bundle(unwrapped, folder, spec=spec, ticket=ticket)
     for fmt in recipe.export.formats:
         if fmt != "bundle":
             export(
                 unwrapped,
-                default_path(run_dir / "model", fmt),
+                default_path(folder, fmt),
                 format=fmt,
                 spec=spec,
-                ticket=outcome.ticket,
-                example_inputs=example_inputs,
+                ticket=ticket,
+                example_inputs=run.example_inputs,
                 opset=recipe.export.opset,
                 dynamic_batch=recipe.export.dynamic_batch,
             )
-    results = _results(recipe, method.key, outcome, plan, data, ledger, history, final)
-    skipped = skipped_images(data)
-    results["data"].update(
-        chance_top1=chance_top1(data), skipped_images=len(skipped), skipped_files=skipped[:20]
-    )
-    results["model"] = {
-        "name": recipe.model.name,
-        "input_size": list(input_size),
-        "dense": dense_cost.to_dict(),
-        "slim": slim_cost.to_dict(),
-        "mac_reduction": dense_cost.macs / max(slim_cost.macs, 1),
-        "param_reduction": dense_cost.params / max(slim_cost.params, 1),
-    }
-    results["cost"]["dense_reference_flops"] = ledger.dense_reference(
-        dense_cost.macs, len(data.train), recipe.train.epochs
-    )
-    results["cost"]["saving_vs_dense"] = results["cost"]["dense_reference_flops"] / max(
-        ledger.total_flops, 1
-    )
-    write_state(run_dir, {"status": "finished", "method": method.key, "results": results})
-    return write_report(run_dir)
-
-
-def _search(method: Method, run: RunContext) -> tuple[SearchOutcome, RetrainPlan]:
-    """The method's search and retrain plan, or, on a resume past the search, what it saved
-    (:mod:`ebcompress.run.search_result`): a ticket is never computed twice for one run."""
-    run_dir = run.run_dir
-    saved = load_search_result(run_dir) if run.resume and dist.is_main() else None
-    saved = dist.broadcast_object(saved) if dist.is_initialized() else saved
-    if saved is not None:
-        outcome, plan, ledger = saved
-        run.ledger.restore(ledger)
-        log(
-            f"search already finished: its ticket and retrain start are read from "
-            f"{run_dir / 'search_result'}"
-        )
-        return outcome, plan
-    outcome = method.search(run)
-    _check_ranks_agree(outcome.ticket, run.device)
-    plan = method.retrain_plan(run, outcome)
-    if dist.is_main():
-        outcome.ticket.save(run_dir / "ticket.json")
-        start = None
-        if not plan.reinit:
-            start = plan.start_state or dist.unwrap(run.model).state_dict()
-        save_search_result(run_dir, outcome, plan, start, run.ledger)
-    return outcome, plan
-
-
-def _check_ranks_agree(ticket: Ticket, device: torch.device) -> None:
-    """Every data-parallel rank must retrain the same ticket (EB checks every epoch's masks;
-    the baselines' tickets are checked here)."""
-    if ratios_differing_across_ranks({ticket.ratio: ticket.mask()}, device):
-        raise UserError(
-            f"data-parallel ranks drew different tickets at p={ticket.ratio:g}; every rank must "
-            "train the same replica (average BatchNorm statistics, seed the data the same)"
-        )
 
 
 def _on_rank_0(check: Callable[[], object]) -> None:
@@ -288,8 +280,9 @@ def _first_forward(recipe: Recipe, model: nn.Module, input_size: tuple[int, int,
     data's input size fails (e.g. too many poolings for data.image_size)."""
     try:
         return count_flops(model, input_size)
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (RuntimeError, UserError) as exc:  # UserError: count_flops's check that it runs
+        cause = exc.__cause__ or exc  # the layer's own complaint
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         shape = "x".join(map(str, input_size))
         raise UserError(
             f"model {recipe.model.name!r} cannot run on {shape} inputs ({reason}); "
@@ -319,54 +312,64 @@ def _slim_for_retrain(run: RunContext, outcome: SearchOutcome, plan: RetrainPlan
     return slim(model, outcome.ticket, run.example_inputs)
 
 
-def _retrain_schedule(train: TrainConfig, plan: RetrainPlan) -> TrainConfig:
-    """The dense schedule, or the same shape scaled onto a window that ends elsewhere."""
-    if plan.end_epoch == train.epochs:
-        return train
-    scale = plan.end_epoch / train.epochs
-    milestones = sorted({max(1, round(m * scale)) for m in train.milestones} - {plan.end_epoch})
-    milestones = [m for m in milestones if m < plan.end_epoch]
-    return train.model_copy(update={"epochs": plan.end_epoch, "milestones": milestones})
-
-
 def _results(
-    recipe: Recipe,
+    run: RunContext,
     method_key: str,
     outcome: SearchOutcome,
     plan: RetrainPlan,
-    data: DataSplit,
-    ledger: TrainingLedger,
-    history: list[Any],
-    final: dict[str, Any],
-) -> dict[str, Any]:
-    ticket = outcome.ticket
-    return {
-        "run": recipe.name,
-        "method": method_key,
-        "seed": recipe.seed,
-        "data": {"name": data.name, "train": len(data.train), "test": len(data.test)},
-        "ticket": {
-            "ratio": ticket.ratio,
-            "epoch": ticket.epoch,
-            "emerged": outcome.emerged,
-            "note": outcome.note,
-            "pruned_fraction": ticket.pruned_fraction,
-            "num_channels": ticket.num_channels,
-            "num_kept": ticket.num_kept,
-        },
-        "search": {"epochs": outcome.search_epochs, **outcome.extra},
-        "retrain": {
-            "mode": "reinit" if plan.reinit else "inherit",
-            "schedule": "restart" if plan.start_epoch == 0 else "continue",
-            "start_epoch": plan.start_epoch,
-            "end_epoch": plan.end_epoch,
-            "epochs": plan.end_epoch - plan.start_epoch,
-            "history_epochs": len(history),
-        },
-        "accuracy": {
-            "test_top1": final["top1"],
-            "test_top5": final["top5"],
-            "test_loss": final["loss"],
-        },
-        "cost": ledger.to_dict(),
-    }
+    dense_cost: FlopCount,
+    retrained: _Retrained,
+) -> RunResults:
+    recipe, data, ticket, final = run.recipe, run.data, outcome.ticket, retrained.final
+    skipped = skipped_images(data)
+    search = dict(outcome.extra)
+    return RunResults(
+        run=recipe.name,
+        method=method_key,
+        seed=recipe.seed,
+        data=DataSummary(
+            name=data.name,
+            train=len(data.train),
+            test=len(data.test),
+            chance_top1=chance_top1(data),
+            skipped_images=len(skipped),
+            skipped_files=tuple(skipped[:20]),
+        ),
+        ticket=TicketSummary(
+            ratio=ticket.ratio,
+            epoch=ticket.epoch,
+            emerged=outcome.emerged,
+            note=outcome.note,
+            pruned_fraction=ticket.pruned_fraction,
+            num_channels=ticket.num_channels,
+            num_kept=ticket.num_kept,
+        ),
+        search=SearchSummary(
+            epochs=outcome.search_epochs,
+            emerged_epochs=search.pop("emerged_epochs", None),
+            window_max_distances=search.pop("window_max_distances", None),
+            extra=search,
+        ),
+        retrain=RetrainSummary(
+            mode="reinit" if plan.reinit else "inherit",
+            schedule="restart" if plan.start_epoch == 0 else "continue",
+            start_epoch=plan.start_epoch,
+            end_epoch=plan.end_epoch,
+            history_epochs=retrained.history_epochs,
+        ),
+        accuracy=Accuracy(
+            test_top1=final["top1"], test_top5=final["top5"], test_loss=final["loss"]
+        ),
+        cost=CostSummary(
+            ledger=run.ledger,
+            dense_reference_flops=run.ledger.dense_reference(
+                dense_cost.macs, len(data.train), recipe.train.epochs
+            ),
+        ),
+        model=ModelSummary(
+            name=recipe.model.name,
+            input_size=_input_size(data),
+            dense=dense_cost,
+            slim=retrained.cost,
+        ),
+    )

@@ -1,9 +1,10 @@
 """What a finished search hands to retraining, saved so that a resume never searches again.
 
-Once a method's search has drawn its ticket and planned the retraining, the pipeline writes
-``search_result/``: ``outcome.json`` (the outcome's fields, the retrain plan's epochs, the
-ledger so far) and ``tensors.safetensors`` (the dense weights the slim network is cut from,
-and any fixed weight masks). A resumed run reads them back instead of calling the method
+Once a method's search has drawn its ticket and planned the retraining,
+:func:`search_or_resume` writes ``ticket.json`` and ``search_result/``: ``outcome.json``
+(the outcome's fields, the retrain plan's epochs, the ledger so far) and
+``tensors.safetensors`` (the dense weights the slim network is cut from, and any fixed
+weight masks). A resumed run reads them back instead of calling the method
 again, so SNIP's sensitivities and ThiNet's greedy channel selection are never recomputed
 (on a GPU they need not come out the same). ``outcome.json`` is written last, atomically: a
 run killed while saving simply searches again, from its checkpoints.
@@ -14,22 +15,61 @@ Pickle-free: JSON and safetensors only.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ebcompress.atomic import atomic_path, write_text_atomic
 from ebcompress.baselines._masks import WeightMaskCallback
 from ebcompress.channels.ticket import Ticket
 from ebcompress.cost.flops import TrainingLedger
+from ebcompress.earlybird.collectives import ratios_differing_across_ranks
+from ebcompress.engine import distributed as dist
+from ebcompress.engine.progress import log
 from ebcompress.errors import UserError
-from ebcompress.methods.base import RetrainPlan, SearchOutcome
+from ebcompress.methods.base import Method, RetrainPlan, RunContext, SearchOutcome
+from ebcompress.run.paths import RunPaths
 
-FOLDER = "search_result"
 FORMAT = 1
 _START, _MASK = "start.", "mask."
+
+
+def search_or_resume(method: Method, run: RunContext) -> tuple[SearchOutcome, RetrainPlan]:
+    """The method's search and retrain plan, saved here; or, on a resume past the search,
+    what was saved: a ticket is never computed twice for one run."""
+    paths = RunPaths(run.run_dir)
+    saved = load_search_result(paths.root) if run.resume and dist.is_main() else None
+    saved = dist.broadcast_object(saved) if dist.is_initialized() else saved
+    if saved is not None:
+        outcome, plan, ledger = saved
+        run.ledger.restore(ledger)
+        log(
+            f"search already finished: its ticket and retrain start are read from "
+            f"{paths.search_result}"
+        )
+        return outcome, plan
+    outcome = method.search(run)
+    check_ranks_agree(outcome.ticket, run.device)
+    plan = method.retrain_plan(run, outcome)
+    if dist.is_main():
+        outcome.ticket.save(paths.ticket)
+        start = None
+        if not plan.reinit:
+            start = plan.start_state or dist.unwrap(run.model).state_dict()
+        save_search_result(paths.root, outcome, plan, start, run.ledger)
+    return outcome, plan
+
+
+def check_ranks_agree(ticket: Ticket, device: torch.device) -> None:
+    """Every data-parallel rank must retrain the same ticket (EB checks every epoch's masks;
+    the baselines' tickets are checked here)."""
+    if ratios_differing_across_ranks({ticket.ratio: ticket.mask()}, device, dist):
+        raise UserError(
+            f"data-parallel ranks drew different tickets at p={ticket.ratio:g}; every rank must "
+            "train the same replica (average BatchNorm statistics, seed the data the same)"
+        )
 
 
 def save_search_result(
@@ -41,8 +81,8 @@ def save_search_result(
 ) -> None:
     """Write ``run_dir/search_result/``; ``start_state`` is what the slim net is cut from
     (None when it is re-initialised)."""
-    folder = run_dir / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
+    paths = RunPaths(run_dir)
+    paths.search_result.mkdir(parents=True, exist_ok=True)
     tensors = {
         **{_START + k: v.detach().cpu().clone() for k, v in (start_state or {}).items()},
         **{
@@ -50,9 +90,8 @@ def save_search_result(
             for k, v in (outcome.weight_masks or {}).items()
         },
     }
-    tmp = folder / "tensors.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / "tensors.safetensors")
+    with atomic_path(paths.search_tensors) as tmp:
+        save_file(tensors, str(tmp))
     meta = {
         "format": FORMAT,
         "search_epochs": outcome.search_epochs,
@@ -68,9 +107,7 @@ def save_search_result(
         },
         "ledger": ledger.to_dict(),
     }
-    tmp = folder / "outcome.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / "outcome.json")
+    write_text_atomic(paths.search_outcome, json.dumps(meta, indent=1) + "\n")
 
 
 def load_search_result(
@@ -78,16 +115,16 @@ def load_search_result(
 ) -> tuple[SearchOutcome, RetrainPlan, dict[str, Any]] | None:
     """The saved outcome, the plan (start state and weight-mask callback rebuilt) and the
     ledger's dict, or None when no complete search result was saved."""
-    folder = run_dir / FOLDER
-    meta_path, ticket_path = folder / "outcome.json", run_dir / "ticket.json"
+    paths = RunPaths(run_dir)
+    meta_path, ticket_path = paths.search_outcome, paths.ticket
     if not meta_path.is_file() or not ticket_path.is_file():
         return None
-    where = f"{str(folder)!r}"
+    where = f"{str(paths.search_result)!r}"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT:
             raise UserError(f"{where}: unsupported search result format {meta.get('format')!r}")
-        tensors = load_file(str(folder / "tensors.safetensors"))
+        tensors = load_file(str(paths.search_tensors))
         plan_meta = meta["plan"]
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise UserError(
@@ -95,6 +132,9 @@ def load_search_result(
         ) from None
     start = {k[len(_START) :]: v for k, v in tensors.items() if k.startswith(_START)}
     masks = {k[len(_MASK) :]: v for k, v in tensors.items() if k.startswith(_MASK)}
+    # the weights the slim network is cut from: the outcome's own or the searched model's,
+    # which a resumed run no longer holds, so the outcome carries them either way
+    start_state = start if plan_meta["has_start_state"] else None
     outcome = SearchOutcome(
         ticket=Ticket.load(ticket_path),
         search_epochs=int(meta["search_epochs"]),
@@ -102,12 +142,13 @@ def load_search_result(
         note=str(meta["note"]),
         weight_masks=masks or None,
         extra=dict(meta["extra"]),
+        start_state=start_state,
     )
     plan = RetrainPlan(
         start_epoch=int(plan_meta["start_epoch"]),
         end_epoch=int(plan_meta["end_epoch"]),
         reinit=bool(plan_meta["reinit"]),
-        start_state=start if plan_meta["has_start_state"] else None,
+        start_state=start_state,
         lr=plan_meta["lr"],
         callbacks=[WeightMaskCallback(masks)] if masks else [],
     )

@@ -4,11 +4,13 @@ import pytest
 import torch
 from tiny_runs import assert_slim_matches_masked, tiny_recipe, tiny_run
 
+from ebcompress.baselines import LotteryTicket, NetworkSlimming, Snip, ThiNet
 from ebcompress.baselines._masks import WeightMaskCallback, prunable_weights
 from ebcompress.channels.slim import slim
-from ebcompress.engine.trainer import Trainer
 from ebcompress.errors import UserError
 from ebcompress.methods.base import get_method
+from ebcompress.methods.catalog import METHODS
+from ebcompress.methods.training import build_trainer
 from ebcompress.models import build_model
 
 
@@ -20,14 +22,16 @@ def _phase_epochs(run) -> dict[str, tuple[int, int]]:
     return {name: (c.epochs, c.macs_per_sample) for name, c in run.ledger.phases.items()}
 
 
-def test_registry_lists_the_four_baselines():
-    for key, title in [
-        ("ns", "Network slimming"),
-        ("lt", "Lottery"),
-        ("snip", "SNIP"),
-        ("thinet", "ThiNet"),
+def test_the_catalogue_lists_the_four_baselines_and_builds_them():
+    for key, title, cls in [
+        ("ns", "Network slimming", NetworkSlimming),
+        ("lt", "Lottery", LotteryTicket),
+        ("snip", "SNIP", Snip),
+        ("thinet", "ThiNet", ThiNet),
     ]:
-        assert get_method(key).title.startswith(title)
+        assert METHODS.get(key).title.startswith(title)
+        assert type(get_method(key)) is cls
+        assert get_method(key) is not get_method(key)  # a fresh one each time: no shared state
 
 
 def test_network_slimming_trains_the_full_schedule_then_prunes_globally():
@@ -58,7 +62,7 @@ def test_lottery_ticket_channel_rewinds_the_survivors_to_their_initial_values():
     ticket = outcome.ticket
     assert ticket.importance == "weight_l1" and outcome.weight_masks is None
     assert _removed(ticket) == round(0.5 * ticket.num_channels)
-    plan = method.retrain_plan(run, outcome)
+    plan = get_method("lt").retrain_plan(run, outcome)  # the outcome is all it needs
     assert (plan.start_epoch, plan.end_epoch, plan.callbacks) == (0, 2, [])
     for name, value in run.initial_state.items():
         assert torch.equal(plan.start_state[name], value), name
@@ -84,7 +88,7 @@ def test_lottery_ticket_unstructured_masks_the_smallest_trained_weights():
     assert all(float(trained[n].detach().abs()[m].min()) >= threshold for n, m in masks.items())
     assert outcome.ticket.pruned_fraction == 0.0
     assert outcome.extra["weight_sparsity"] == pytest.approx(0.5, abs=1e-3)
-    plan = method.retrain_plan(run, outcome)
+    plan = get_method("lt").retrain_plan(run, outcome)  # the outcome is all it needs
     assert isinstance(plan.callbacks[0], WeightMaskCallback)
     for name, mask in masks.items():
         start, init = plan.start_state[name], run.initial_state[name]
@@ -96,11 +100,11 @@ def test_lottery_ticket_rewinds_to_an_early_epoch():
     run = tiny_run(recipe)
     method = get_method("lt")
     outcome = method.search(run)
-    plan = method.retrain_plan(run, outcome)
+    plan = get_method("lt").retrain_plan(run, outcome)  # the outcome is all it needs
     assert (plan.start_epoch, plan.end_epoch) == (1, 2)
     torch.manual_seed(recipe.seed)  # the same dense model, trained for one epoch only
     twin = build_model(recipe.model.name, run.data.num_classes, 3, **recipe.model.kwargs)
-    Trainer(twin, run.data, recipe.train, phase="search", end_epoch=1, progress=False).fit()
+    build_trainer(twin, run.data, recipe, "search", device="cpu", progress=False, end_epoch=1).fit()
     for name, value in twin.state_dict().items():
         assert torch.equal(plan.start_state[name], value), name
     with pytest.raises(UserError, match="rewind_epoch"):
@@ -116,7 +120,7 @@ def test_snip_prunes_at_initialisation_without_training(granularity):
     assert run.ledger.phases == {}
     for name, value in run.model.state_dict().items():
         assert torch.equal(value, run.initial_state[name]), name  # the probe changed nothing
-    plan = method.retrain_plan(run, outcome)
+    plan = get_method("snip").retrain_plan(run, outcome)  # the outcome is all it needs
     assert (plan.start_epoch, plan.end_epoch) == (0, 2)
     if granularity == "channel":
         assert _removed(outcome.ticket) == round(0.5 * outcome.ticket.num_channels)
@@ -155,7 +159,7 @@ def test_thinet_prunes_each_layer_uniformly_and_rescales_its_consumer():
     assert extra["thinet_groups"] == list(ticket.widths) and extra["l1_fallback_groups"] == []
     for name, errors in extra["relative_reconstruction_error"].items():
         assert errors["rescaled"] <= errors["selected"] + 1e-12, name
-    plan = method.retrain_plan(run, outcome)
+    plan = get_method("thinet").retrain_plan(run, outcome)  # the outcome is all it needs
     assert (plan.start_epoch, plan.end_epoch) == (0, 2)
     start = plan.start_state
     removed = ticket.pruned("features.0")

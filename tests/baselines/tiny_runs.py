@@ -12,6 +12,7 @@ from ebcompress.channels.ticket import Ticket
 from ebcompress.cost.flops import TrainingLedger, count_flops
 from ebcompress.data import load_data
 from ebcompress.methods.base import RunContext
+from ebcompress.methods.data import data_options
 from ebcompress.models import build_model
 from ebcompress.recipe import Recipe, validate_recipe
 
@@ -45,7 +46,7 @@ def tiny_recipe(**sections: Any) -> Recipe:
 
 
 def tiny_run(recipe: Recipe) -> RunContext:
-    data = load_data(recipe.data, seed=recipe.seed)
+    data = load_data(data_options(recipe.data), seed=recipe.seed)
     torch.manual_seed(recipe.seed)
     model = build_model(recipe.model.name, data.num_classes, data.in_chans, **recipe.model.kwargs)
     size = (data.in_chans, data.image_size, data.image_size)

@@ -55,7 +55,7 @@ def test_probe_keeps_the_broken_group_and_its_analogs_dense_and_the_rest_prunabl
 def test_a_probed_ticket_slims_exactly_and_records_what_stayed_dense():
     model = TwoBlocks().eval()
     ticket = ChannelGraph(model, X).draw(0.4, scope="uniform")
-    assert "blocks.0.expand" in ticket.extra["kept_dense"]
+    assert "blocks.0.expand" in ticket.kept_dense
     slimmed = slim(model, ticket, X).eval()
     with torch.no_grad():
         torch.testing.assert_close(slimmed(X), masked_equivalent(model, ticket, X)(X))

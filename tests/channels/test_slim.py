@@ -329,7 +329,7 @@ def test_slim_without_example_inputs_uses_the_shape_the_ticket_records() -> None
     model = build_model("vgg11_cifar", num_classes=10, width_mult=0.25)
     x = torch.randn(2, 3, 32, 32)
     ticket = draw_ticket(model, 0.3, example_inputs=x[:1])
-    assert ticket.extra["input_shape"] == [3, 32, 32]
+    assert ticket.input_shape == (3, 32, 32)
     with torch.no_grad():
         a = slim(model, ticket).eval()(x)
         b = slim(model, ticket, x[:1]).eval()(x)

@@ -11,6 +11,7 @@ import torch
 from run_fakes import make_fake_run_dir
 
 import ebcompress.cli.report as report_cli
+import ebcompress.report.build as report_build  # the command imports it when it runs
 from ebcompress.cli.app import EXIT_USER_ERROR, main
 
 
@@ -72,7 +73,7 @@ def test_report_regenerates_identical_json(reported, capsys, monkeypatch):
 def test_open_without_a_display_says_so_and_succeeds(tmp_path, capsys, monkeypatch):
     no_plots = {"plots": {"written": {}, "skipped": {}}}
     # Only the --open path is under test here; the drawing is tested above.
-    monkeypatch.setattr(report_cli, "write_report", lambda run_dir: no_plots)
+    monkeypatch.setattr(report_build, "write_report", lambda run_dir: no_plots)
     monkeypatch.setattr(report_cli.sys, "platform", "linux")
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
@@ -100,7 +101,7 @@ def test_skipped_plots_are_listed(tmp_path, capsys, monkeypatch):
     skipped = {"emergence": "no masks/ (only Early-Bird search records a mask per epoch)"}
     result = {"plots": {"written": {"cost": "plots/cost.png"}, "skipped": skipped}}
     # How the lines read; that a baseline run really skips them is tested in test_plots.py.
-    monkeypatch.setattr(report_cli, "write_report", lambda run_dir: result)
+    monkeypatch.setattr(report_build, "write_report", lambda run_dir: result)
     main(["report", str(tmp_path)])
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith("report.json and 1 plot in " + str(tmp_path / "plots"))

@@ -21,6 +21,8 @@ from data_fakes import (
 from ebcompress.data import (
     DATASETS,
     DEFAULT_ROOTS,
+    AugmentOptions,
+    DataOptions,
     DataSplit,
     RandomCropFlip,
     TensorImageDataset,
@@ -30,13 +32,15 @@ from ebcompress.data import (
     skipped_images,
 )
 from ebcompress.errors import UserError
+from ebcompress.methods.data import data_options
 from ebcompress.recipe import DataConfig
 
 REAL_FASHION = Path(DEFAULT_ROOTS["fashion_mnist"])
 
 
-def cfg(name: str, **kwargs: object) -> DataConfig:
-    return DataConfig(name=name, **kwargs)
+def cfg(name: str, **kwargs: object) -> DataOptions:
+    """The options a recipe's ``data`` section with these fields gives."""
+    return data_options(DataConfig(name=name, **kwargs))
 
 
 def labels_of(dataset: torch.utils.data.Dataset) -> list[int]:
@@ -488,9 +492,17 @@ def test_inapplicable_augment_options_are_refused(
 
 
 def test_a_resolved_recipe_with_every_default_written_out_still_loads() -> None:
-    written = DataConfig.model_validate(cfg("fake", image_size=8).model_dump(mode="json"))
+    resolved = DataConfig(name="fake", image_size=8).model_dump(mode="json")
+    written = DataConfig.model_validate(resolved)
     assert "interpolation" in written.augment.model_fields_set
-    assert load_data(written).train.augment is None
+    assert load_data(data_options(written)).train.augment is None
+
+
+def test_the_options_are_plain_data_your_own_code_can_build() -> None:
+    split = load_data(DataOptions("fake", image_size=8, augment=AugmentOptions(hflip=1.0)))
+    assert split.train.augment == RandomCropFlip(pad=0, hflip=1.0)
+    message = user_error(lambda: load_data(DataOptions("mnist")))
+    assert message.startswith("data.name 'mnist' is not a data set; choose from digits, ")
 
 
 def test_mean_std_override_and_its_length_check(tmp_path: Path) -> None:
@@ -566,8 +578,8 @@ def test_skip_bad_images_replaces_and_counts(tmp_path: Path, workers: int) -> No
 
 
 def test_the_trainer_logs_newly_skipped_images(tmp_path: Path, capsys) -> None:
-    from ebcompress.engine.trainer import Trainer
-    from ebcompress.recipe import TrainConfig
+    from ebcompress.methods.training import build_trainer
+    from ebcompress.recipe import Recipe, TrainConfig
 
     write_fake_imagefolder(tmp_path, classes=("a", "b"), per_class=(3, 1))
     bad = corrupt(tmp_path / "train" / "b" / "0.png")
@@ -576,8 +588,8 @@ def test_the_trainer_logs_newly_skipped_images(tmp_path: Path, capsys) -> None:
         torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
         torch.nn.Linear(4, 2),
     )  # fmt: skip
-    train = TrainConfig(epochs=2, batch_size=8, milestones=[])
-    Trainer(model, split, train, phase="t", progress=False, energy_counters=[]).fit()
+    recipe = Recipe(train=TrainConfig(epochs=2, batch_size=8, milestones=[]))
+    build_trainer(model, split, recipe, "t", device="cpu", progress=False).fit()
     lines = [line for line in capsys.readouterr().out.splitlines() if "unreadable" in line]
     assert lines == [f"t epoch 1: skipped 1 unreadable image(s), e.g. {bad} (1 so far); "
                      "remove or replace them"]  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -26,6 +27,7 @@ from ebcompress.deploy.bundle import (
     ModelSpec,
     export_bundle,
     load,
+    read_bundle,
 )
 from ebcompress.deploy.formats import ExportError, export, infer_spec, verify_outputs
 from ebcompress.deploy.spec_inference import IMAGENET_MEAN, IMAGENET_STD
@@ -206,13 +208,15 @@ def test_ignored_layers_survive_the_bundle_round_trip(tmp_path, layer):
         assert torch.equal(loaded(batch()), slimmed(batch()))
 
 
-def test_bundles_that_kept_ignored_layers_in_extra_still_load(tmp_path):
+def test_bundles_that_kept_typed_fields_in_extra_still_load(tmp_path):
     _, slimmed, ticket = _ignoring("layer1.0.conv1")
     folder = export_bundle(slimmed, tmp_path / "b", spec=TEST_RESNET_SPEC, ticket=ticket)
     structure = json.loads((folder / STRUCTURE_FILE).read_text())
-    del structure["ignored_layers"]  # the layout before the typed field
-    structure["extra"]["ignored_layers"] = ["layer1.0.conv1"]
+    for key in ("ignored_layers", "input_shape", "kept_dense"):  # the layout before typing
+        structure["extra"][key] = structure.pop(key)
     (folder / STRUCTURE_FILE).write_text(json.dumps(structure))
+    untyped = {**ticket.extra, "ignored_layers": ["layer1.0.conv1"]}  # bundle.load reads it
+    assert read_bundle(folder)[2] == replace(ticket, ignored_layers=(), extra=untyped)
     with torch.no_grad():
         assert torch.equal(load(folder)(batch()), slimmed(batch()))
     del structure["extra"]["ignored_layers"]
@@ -311,7 +315,7 @@ def test_onnx_parity_with_onnxruntime(tmp_path, vgg_case, dynamic):
         expected = vgg_case.slim(batch(n)).numpy()
     np.testing.assert_allclose(out, expected, atol=1e-4, rtol=1e-4)
     assert session.get_inputs()[0].shape[0] == ("batch" if dynamic else 2)
-    assert not list(tmp_path.glob("*.partial*"))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file left
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from ebcompress.channels.draw_options import DrawOptions
 from ebcompress.channels.ticket import Ticket, mask_distance, structure_fingerprint
 from ebcompress.earlybird.detector import EarlyBird
 from ebcompress.earlybird.mask_history import MaskHistory
@@ -48,10 +49,10 @@ class ScriptedGraph:
     def bn_modules(self) -> list[nn.BatchNorm2d]:
         return []
 
-    def draw(self, ratio, **options) -> Ticket:
-        self.draws.append({"ratio": ratio, **options})
+    def draw(self, ratio, options=None, **keywords) -> Ticket:
+        self.draws.append({"ratio": ratio, "options": options, **keywords})
         mask = next(self._script[ratio])
-        return Ticket.from_mask(mask, self.widths, ratio=ratio, epoch=options["epoch"])
+        return Ticket.from_mask(mask, self.widths, ratio=ratio, epoch=keywords["epoch"])
 
 
 def _bird(script, ratio=0.3, **options) -> EarlyBird:
@@ -226,7 +227,7 @@ def test_step_draws_every_ratio_with_the_detector_options():
     for draw in graph.draws:
         assert "importance" not in draw  # an override would rank BN-less groups as "custom"
         assert draw["epoch"] == 10
-        assert (draw["scope"], draw["min_keep"], draw["round_to"]) == ("uniform", 2, 4)
+        assert draw["options"] == DrawOptions(scope="uniform", min_keep=2, round_to=4)
         assert draw["model_name"] == "toy"
     with pytest.raises(UserError, match="after epoch 10"):
         bird.step(10)

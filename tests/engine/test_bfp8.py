@@ -22,10 +22,12 @@ from ebcompress.engine.bfp8 import (
     quantized_layers,
 )
 from ebcompress.engine.checkpoint import load_checkpoint
+from ebcompress.engine.config import TrainerConfig
+from ebcompress.engine.optim import OptimConfig, ScheduleConfig
 from ebcompress.engine.precision import precision_policy
 from ebcompress.engine.trainer import Trainer
 from ebcompress.errors import UserError
-from ebcompress.recipe import TrainConfig, load_recipe
+from ebcompress.recipe import load_recipe
 from ebcompress.run.pipeline import run_pipeline
 
 LIMIT = 127  # largest 8-bit mantissa
@@ -189,18 +191,22 @@ def tiny_net() -> nn.Module:
     )  # fmt: skip
 
 
+def config(epochs: int, run_dir=None, end_epoch: int | None = None) -> TrainerConfig:
+    return TrainerConfig(
+        phase="search", batch_size=8, optim=OptimConfig(lr=0.05), schedule=ScheduleConfig(epochs),
+        end_epoch=end_epoch, precision="bfp8", run_dir=run_dir, progress=False,
+    )  # fmt: skip
+
+
 def trainer(epochs: int, run_dir=None, end_epoch: int | None = None) -> Trainer:
     torch.manual_seed(0)
-    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=0.05, milestones=[], precision="bfp8")
     data = fake_data(image_size=8, n_train=48, n_test=16, num_classes=4)
-    return Trainer(
-        tiny_net(), data, cfg, phase="search", end_epoch=end_epoch, progress=False, run_dir=run_dir
-    )
+    return Trainer(tiny_net(), data, config(epochs, run_dir, end_epoch))
 
 
 def test_bfp8_is_registered() -> None:
     assert isinstance(precision_policy("bfp8", torch.device("cpu")), BlockFloat8)
-    with pytest.raises(UserError, match="'int4' is not implemented"):
+    with pytest.raises(UserError, match="precision 'int4' is not one of fp32"):
         precision_policy("int4", torch.device("cpu"))
 
 
@@ -238,11 +244,10 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     assert distributed.init_from_env("cpu")
     try:
-        cfg = TrainConfig(epochs=1, batch_size=8, lr=0.05, milestones=[], precision="bfp8")
         data = fake_data(image_size=8, n_train=48, n_test=16, num_classes=4)
         net = tiny_net()
         torch.manual_seed(100 + rank)  # each rank's own seed: only rank 0's may round weights
-        run = Trainer(net, data, cfg, phase="search", progress=False)
+        run = Trainer(net, data, config(1))
         run.fit()
         torch.save(run.model.state_dict(), f"{out_dir}/rank{rank}.pt")
     finally:

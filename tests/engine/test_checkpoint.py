@@ -5,12 +5,12 @@ from __future__ import annotations
 import errno
 import logging
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ebcompress.engine import checkpoint
 from ebcompress.engine.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -81,10 +81,11 @@ def test_full_disk_leaves_previous_checkpoints_intact(tmp_path, monkeypatch):
     save_checkpoint(_state(2.0), path)
 
     def full_disk(target, data):
-        target.write_bytes(data[:100])  # a partial temporary file, as a real ENOSPC leaves
+        with open(target, "wb") as handle:  # a partial temporary file, as a real ENOSPC leaves
+            handle.write(data[:100])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_write_file", full_disk)
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
     with pytest.raises(UserError, match="disk is full"):
         save_checkpoint(_state(3.0), path)
     assert load_checkpoint(path)["epoch"] == 2

@@ -13,8 +13,9 @@ from torch import nn
 
 from ebcompress.data import fake_data
 from ebcompress.engine import distributed
+from ebcompress.engine.config import TrainerConfig
+from ebcompress.engine.optim import OptimConfig, ScheduleConfig
 from ebcompress.engine.trainer import Trainer
-from ebcompress.recipe import TrainConfig
 
 N_TRAIN, N_TEST = 48, 21  # 21 test samples: the ranks hold 11 and 10
 CLASSES = 4
@@ -32,8 +33,11 @@ def tiny_net() -> nn.Module:
     )
 
 
-def config() -> TrainConfig:
-    return TrainConfig(epochs=1, batch_size=8, lr=0.05, milestones=[])
+def config(phase: str = "search", run_dir: str | None = None) -> TrainerConfig:
+    return TrainerConfig(
+        phase=phase, batch_size=8, optim=OptimConfig(lr=0.05), schedule=ScheduleConfig(1),
+        run_dir=run_dir, progress=False,
+    )  # fmt: skip
 
 
 def test_helpers_without_a_process_group(monkeypatch):
@@ -66,7 +70,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     assert distributed.init_from_env("cpu")  # Gloo, also where a GPU is present
     try:
         data = fake_data(image_size=8, n_train=N_TRAIN, n_test=N_TEST, num_classes=CLASSES)
-        run = Trainer(tiny_net(), data, config(), phase="search", run_dir=out_dir, progress=False)
+        run = Trainer(tiny_net(), data, config(run_dir=out_dir))
         (stats,) = run.fit()
         assert distributed.broadcast_object(rank, src=1) == 1
         torch.save(distributed.unwrap(run.net).state_dict(), f"{out_dir}/rank{rank}.pt")
@@ -95,7 +99,7 @@ def test_two_gloo_ranks_end_with_identical_weights_and_reduced_metrics(tmp_path)
     data = fake_data(image_size=8, n_train=N_TRAIN, n_test=N_TEST, num_classes=CLASSES)
     model = tiny_net()
     model.load_state_dict(weights[0])
-    single = Trainer(model, data, config(), phase="check", progress=False).evaluate()
+    single = Trainer(model, data, config("check")).evaluate()
     assert single["samples"] == N_TEST
     assert stats[0]["test_top1"] == single["top1"]
     assert stats[0]["test_loss"] == pytest.approx(single["loss"], rel=1e-5)

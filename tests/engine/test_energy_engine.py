@@ -8,9 +8,10 @@ from torch import nn
 
 from ebcompress.cost.flops import TrainingLedger
 from ebcompress.data import fake_data
-from ebcompress.engine import trainer as engine
+from ebcompress.engine import prepare as engine
+from ebcompress.engine.config import TrainerConfig
+from ebcompress.engine.optim import OptimConfig, ScheduleConfig
 from ebcompress.engine.trainer import Trainer
-from ebcompress.recipe import TrainConfig
 
 JOULES_PER_STEP = 1.5
 N_TRAIN, BATCH = 32, 8  # 4 steps per epoch
@@ -39,13 +40,16 @@ def tiny_net() -> nn.Module:
     )  # fmt: skip
 
 
-def make_trainer(tmp_path=None, epochs: int = 2, **kwargs) -> Trainer:
-    cfg = TrainConfig(epochs=epochs, batch_size=BATCH, lr=0.05, milestones=[])
-    data = fake_data(image_size=8, n_train=N_TRAIN, n_test=8, num_classes=3)
-    return Trainer(
-        tiny_net(), data, cfg, phase="search", progress=False, macs_per_sample=1000,
-        run_dir=tmp_path, **kwargs,
+def make_trainer(
+    tmp_path=None, epochs: int = 2, *, callbacks=(), ledger=None, energy_counters=None
+) -> Trainer:
+    cfg = TrainerConfig(
+        phase="search", batch_size=BATCH, optim=OptimConfig(lr=0.05),
+        schedule=ScheduleConfig(epochs), progress=False, macs_per_sample=1000, run_dir=tmp_path,
+        energy_counters=energy_counters,
     )  # fmt: skip
+    data = fake_data(image_size=8, n_train=N_TRAIN, n_test=8, num_classes=3)
+    return Trainer(tiny_net(), data, cfg, callbacks=callbacks, ledger=ledger)
 
 
 def test_each_epoch_books_the_measured_joules() -> None:
@@ -78,12 +82,12 @@ def test_a_second_cpu_rank_on_a_machine_leaves_rapl_to_local_rank_0(monkeypatch)
     monkeypatch.setattr(engine, "available_counters", lambda device: [StepCounter()])
     monkeypatch.setattr(engine, "nvml_counters", lambda device: [])
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert engine._default_energy_counters(torch.device("cpu")) == ([], True)
+    assert engine._machine_counters(torch.device("cpu")) == ([], True)
     monkeypatch.setenv("LOCAL_RANK", "0")
-    counters, covered = engine._default_energy_counters(torch.device("cpu"))
+    counters, covered = engine._machine_counters(torch.device("cpu"))
     assert len(counters) == 1 and covered
     monkeypatch.setattr(engine, "available_counters", lambda device: [])
-    assert engine._default_energy_counters(torch.device("cpu")) == ([], False)
+    assert engine._machine_counters(torch.device("cpu")) == ([], False)
 
 
 def test_a_lone_rank_without_counters_is_not_measured(monkeypatch) -> None:

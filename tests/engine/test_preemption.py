@@ -77,7 +77,7 @@ def test_checkpoint_every_forms_and_one_line_errors() -> None:
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_a_crash_after_a_mid_epoch_checkpoint_resumes_bit_exactly(tmp_path, num_workers) -> None:
-    cfg = config(checkpoint_every=2)
+    cfg = config(checkpoint_every=CheckpointEvery(steps=2))
     straight = trainer(cfg=cfg, run_dir=tmp_path / "a", num_workers=num_workers)
     straight.fit()
 
@@ -86,7 +86,15 @@ def test_a_crash_after_a_mid_epoch_checkpoint_resumes_bit_exactly(tmp_path, num_
         trainer(cfg=cfg, run_dir=run, num_workers=num_workers, callbacks=[StopAt(7)]).fit()
     state = load_checkpoint(run / SEARCH / "last.pt")
     assert (state["epoch"], state["partial"]["epoch"], state["partial"]["step"]) == (1, 2, 2)
-    assert len(state["partial"]["ranks"][0]["batch_sizes"]) == 2
+    # The mid-epoch part of the checkpoint format, which earlier versions wrote too.
+    assert set(state["partial"]) == {"epoch", "step", "steps", "ranks"}
+    (mine,) = state["partial"]["ranks"]
+    assert set(mine) == {"losses", "corrects", "batch_sizes", "seconds", "rng"}
+    assert (mine["batch_sizes"], mine["losses"].shape, mine["corrects"].shape) == (
+        [16, 16],
+        (2,),
+        (2,),
+    )
 
     torch.manual_seed(123)  # disturb the global RNG: resume must restore it
     resumed = trainer(model=tiny_net(seed=7), cfg=cfg, run_dir=run, num_workers=num_workers)
@@ -97,9 +105,9 @@ def test_a_crash_after_a_mid_epoch_checkpoint_resumes_bit_exactly(tmp_path, num_
 
 
 def test_a_wall_clock_interval_checkpoints_inside_the_epoch(tmp_path, monkeypatch) -> None:
-    import ebcompress.engine.trainer as engine
+    import ebcompress.engine.loop as engine
 
-    cfg = config(checkpoint_every="1s")
+    cfg = config(checkpoint_every=CheckpointEvery(seconds=1.0))
     straight = trainer(cfg=cfg, run_dir=tmp_path / "a")
     straight.fit()
     ticks = iter(range(10**6))  # a clock that advances a second per reading: always due
@@ -151,7 +159,7 @@ def test_without_a_run_directory_signals_are_left_alone() -> None:
     seen = []
     previous = signal.signal(signal.SIGTERM, lambda *_: seen.append(1))
     try:
-        trainer(cfg=config(epochs=1, milestones=[]), callbacks=[StopAt(2, signal.SIGTERM)]).fit()
+        trainer(cfg=config(1, ()), callbacks=[StopAt(2, signal.SIGTERM)]).fit()
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert seen == [1]
@@ -200,7 +208,7 @@ def _ddp_worker(rank: int, world: int, port: int, run_dir: str, mode: str) -> No
     assert distributed.init_from_env("cpu")
     try:
         # 64 samples, 2 ranks, batches of 8: 4 steps per epoch and rank; checkpoints at 2, 4.
-        cfg = config(batch_size=8, checkpoint_every=2)
+        cfg = config(batch_size=8, checkpoint_every=CheckpointEvery(steps=2))
         # Only rank 1 is signalled, at epoch 2 step 1: all ranks stop after step 2 together.
         callbacks = [StopAt(5, signal.SIGTERM)] if mode == "stop" and rank == 1 else []
         run = trainer(cfg=cfg, run_dir=run_dir, callbacks=callbacks)

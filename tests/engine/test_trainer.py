@@ -15,10 +15,12 @@ from torch.utils.data import Dataset, TensorDataset
 from ebcompress.cost.flops import TrainingLedger
 from ebcompress.data import DataSplit, fake_data
 from ebcompress.engine.checkpoint import load_checkpoint, previous_path
+from ebcompress.engine.config import TrainerConfig
+from ebcompress.engine.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler
 from ebcompress.engine.progress import log
-from ebcompress.engine.trainer import EpochStats, Trainer, build_optimizer, build_scheduler
+from ebcompress.engine.state import TrainerState
+from ebcompress.engine.trainer import EpochStats, Trainer
 from ebcompress.errors import UserError
-from ebcompress.recipe import TrainConfig
 
 CLASSES = 4
 
@@ -55,15 +57,23 @@ def tiny_data(n_train: int = 64, n_test: int = 24) -> DataSplit:
     return dataclasses.replace(split, train=_Jitter(split.train))
 
 
-def config(**overrides) -> TrainConfig:
-    values = {"epochs": 2, "batch_size": 16, "lr": 0.05, "milestones": [1], "weight_decay": 1e-4}
-    return TrainConfig(**(values | overrides))
+OPTIM = OptimConfig(lr=0.05, momentum=0.9, weight_decay=1e-4)
 
 
-def trainer(model=None, data=None, cfg=None, **kwargs) -> Trainer:
-    kwargs.setdefault("phase", "search")
-    kwargs.setdefault("progress", False)
-    return Trainer(model or tiny_net(), data or tiny_data(), cfg or config(), **kwargs)
+def config(epochs: int = 2, milestones: tuple[int, ...] = (1,), **fields) -> TrainerConfig:
+    """Phase "search" of an ``epochs``-epoch multistep schedule at lr 0.05 (OPTIM), batches
+    of 16, no progress output; ``fields`` set any other TrainerConfig field."""
+    values = {"phase": "search", "batch_size": 16, "optim": OPTIM, "progress": False}
+    schedule = ScheduleConfig(epochs, milestones=milestones)
+    return TrainerConfig(**(values | {"schedule": schedule} | fields))
+
+
+def trainer(model=None, data=None, cfg=None, *, callbacks=(), ledger=None, **fields) -> Trainer:
+    """A Trainer of ``cfg`` (default: :func:`config`) with ``fields`` replaced."""
+    cfg = dataclasses.replace(cfg or config(), **fields)
+    return Trainer(
+        model or tiny_net(), data or tiny_data(), cfg, callbacks=callbacks, ledger=ledger
+    )
 
 
 def metric_lines(run_dir) -> list[dict]:
@@ -115,7 +125,7 @@ def test_finished_phase_is_not_rerun(tmp_path):
 
 
 def test_metrics_have_no_duplicates_after_resume(tmp_path):
-    cfg = config(epochs=3, milestones=[2])
+    cfg = config(3, (2,))
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"phase": "other", "epoch": 9}) + "\n")
     trainer(cfg=cfg, run_dir=tmp_path, end_epoch=2).fit()
     # A crash after epoch 2's metrics line but before its checkpoint, plus a torn line:
@@ -137,11 +147,10 @@ def test_metrics_have_no_duplicates_after_resume(tmp_path):
 
 
 def test_resume_with_new_lr_rebases_the_schedule(tmp_path):
-    cfg = config(epochs=3, milestones=[2])
+    cfg = config(3, (2,))
     trainer(cfg=cfg, run_dir=tmp_path, end_epoch=1).fit()
-    history = trainer(cfg=config(epochs=3, milestones=[2], lr=0.01), run_dir=tmp_path).fit(
-        resume=True
-    )
+    lower = dataclasses.replace(OPTIM, lr=0.01)
+    history = trainer(cfg=cfg, optim=lower, run_dir=tmp_path).fit(resume=True)
     assert [s.lr for s in history] == pytest.approx([0.05, 0.01, 0.001])
 
 
@@ -156,14 +165,49 @@ def test_ledger_counts_samples_and_is_restored_on_resume(tmp_path):
     assert cost.training_flops == 3 * 2 * 1000 * 128
 
 
+# The checkpoint format (``format: 1``): what earlier versions wrote, which must still resume.
+CHECKPOINT_KEYS = {
+    "format", "phase", "start_epoch", "epoch", "finished", "stopped_early", "base_lr", "model",
+    "optimizer", "scheduler", "scaler", "precision", "rng", "ledger", "callbacks", "history",
+}  # fmt: skip
+
+
+def test_the_checkpoint_keeps_format_1_and_round_trips_through_trainer_state(tmp_path):
+    ledger = TrainingLedger()
+    run = trainer(
+        run_dir=tmp_path, end_epoch=1, ledger=ledger, macs_per_sample=10, callbacks=[Recorder()]
+    )
+    run.fit()
+    where = tmp_path / "checkpoints" / "search" / "last.pt"
+    saved = load_checkpoint(where)
+    assert set(saved) == CHECKPOINT_KEYS
+    assert (saved["format"], saved["phase"], saved["epoch"], saved["finished"]) == (
+        1, "search", 1, True,
+    )  # fmt: skip
+    assert (saved["base_lr"], saved["callbacks"], saved["scaler"]) == (0.05, [{"events": 5}], None)
+    assert saved["scheduler"]["lr_lambdas"] == [None]  # the schedule is code, not state
+    assert saved["ledger"] == ledger.to_dict()
+    assert saved["history"] == [stats.to_dict() for stats in run.history]
+
+    state = TrainerState.from_checkpoint(saved, phase="search", start_epoch=0, where=where)
+    assert state.history == run.history and state.partial is None
+    again = state.to_checkpoint()
+    assert again.keys() == saved.keys()
+    assert again["history"] == saved["history"]
+    with pytest.raises(UserError, match="is not a phase-'retrain' checkpoint"):
+        TrainerState.from_checkpoint(saved, phase="retrain", start_epoch=0, where=where)
+    with pytest.raises(UserError, match="continues a schedule from epoch 0, not 1"):
+        TrainerState.from_checkpoint(saved, phase="search", start_epoch=1, where=where)
+
+
 # ----------------------------------------------------------------------------- schedules
 
 
-def lrs(cfg: TrainConfig, start_epoch: int = 0, lr: float | None = None) -> list[float]:
-    optimizer = build_optimizer(nn.Linear(2, 2), cfg, lr)
-    scheduler = build_scheduler(optimizer, cfg, start_epoch)
+def lrs(schedule: ScheduleConfig, lr: float, start_epoch: int = 0) -> list[float]:
+    optimizer = build_optimizer(nn.Linear(2, 2), OptimConfig(lr=lr))
+    scheduler = build_scheduler(optimizer, schedule, start_epoch)
     out = []
-    for _ in range(start_epoch, cfg.epochs):
+    for _ in range(start_epoch, schedule.epochs):
         out.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
@@ -171,33 +215,42 @@ def lrs(cfg: TrainConfig, start_epoch: int = 0, lr: float | None = None) -> list
 
 
 def test_multistep_decays_at_milestones():
-    cfg = config(epochs=10, lr=0.1, milestones=[4, 7], gamma=0.1)
-    assert lrs(cfg) == pytest.approx([0.1] * 4 + [0.01] * 3 + [0.001] * 3)
+    schedule = ScheduleConfig(10, milestones=(4, 7), gamma=0.1)
+    assert lrs(schedule, 0.1) == pytest.approx([0.1] * 4 + [0.01] * 3 + [0.001] * 3)
 
 
 def test_cosine_and_constant():
-    cosine = config(epochs=4, lr=0.2, schedule="cosine", milestones=[])
     expected = [0.1 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
-    assert lrs(cosine) == pytest.approx(expected)
-    assert lrs(config(epochs=3, schedule="constant", milestones=[])) == pytest.approx([0.05] * 3)
+    assert lrs(ScheduleConfig(4, kind="cosine"), 0.2) == pytest.approx(expected)
+    assert lrs(ScheduleConfig(3, kind="constant"), 0.05) == pytest.approx([0.05] * 3)
 
 
-@pytest.mark.parametrize("schedule", ["multistep", "cosine"])
-def test_start_epoch_continues_the_schedule(schedule):
-    cfg = config(epochs=8, lr=0.1, milestones=[3, 6], schedule=schedule)
-    assert lrs(cfg, start_epoch=5) == pytest.approx(lrs(cfg)[5:])
-    assert lrs(cfg, start_epoch=5, lr=0.3) == pytest.approx([3 * x for x in lrs(cfg)[5:]])
+@pytest.mark.parametrize("kind", ["multistep", "cosine"])
+def test_start_epoch_continues_the_schedule(kind):
+    schedule = ScheduleConfig(8, kind=kind, milestones=(3, 6))
+    full = lrs(schedule, 0.1)
+    assert lrs(schedule, 0.1, start_epoch=5) == pytest.approx(full[5:])
+    assert lrs(schedule, 0.3, start_epoch=5) == pytest.approx([3 * x for x in full[5:]])
+
+
+def test_an_unknown_schedule_or_start_epoch_is_a_one_line_user_error():
+    with pytest.raises(UserError, match="schedule 'step' is not known; use one of multistep"):
+        ScheduleConfig(4, kind="step")
+    with pytest.raises(UserError, match=r"start epoch 3 must lie in \[0, 2\]") as info:
+        config(start_epoch=3)
+    assert "\n" not in str(info.value)
 
 
 def test_trainer_starting_late_reports_schedule_epochs():
-    history = trainer(cfg=config(epochs=4, milestones=[3], lr=0.1), start_epoch=2).fit()
+    cfg = config(4, (3,), optim=dataclasses.replace(OPTIM, lr=0.1))
+    history = trainer(cfg=cfg, start_epoch=2).fit()
     assert [(s.epoch, s.lr) for s in history] == [(3, 0.1), (4, pytest.approx(0.01))]
 
 
 def test_optimizer_decays_every_parameter():
-    cfg = config(momentum=0.8, weight_decay=5e-4, nesterov=True)
+    optim = OptimConfig(lr=0.05, momentum=0.8, weight_decay=5e-4, nesterov=True)
     model = tiny_net()
-    (group,) = build_optimizer(model, cfg).param_groups
+    (group,) = build_optimizer(model, optim).param_groups
     assert len(group["params"]) == len(list(model.parameters()))  # BN scales included
     assert (group["weight_decay"], group["momentum"], group["nesterov"]) == (5e-4, 0.8, True)
 
@@ -240,7 +293,7 @@ def test_evaluate_counts_exactly_over_uneven_batches():
 
 
 def test_final_batch_of_one_is_dropped():
-    history = trainer(data=tiny_data(n_train=33), cfg=config(epochs=1, milestones=[])).fit()
+    history = trainer(data=tiny_data(n_train=33), cfg=config(1, ())).fit()
     assert history[0].samples == 32
 
 
@@ -271,7 +324,7 @@ class Recorder:
 
 
 def test_callbacks_run_in_order_and_stop_the_phase(tmp_path):
-    cfg = config(epochs=4, milestones=[], momentum=0.0, weight_decay=0.0)
+    cfg = config(4, (), optim=OptimConfig(lr=0.05, momentum=0.0, weight_decay=0.0))
     model = tiny_net()
     before = [p.detach().clone() for p in model.parameters()]
     recorder = Recorder(stop_at=2)
@@ -334,7 +387,7 @@ def test_nan_found_mid_epoch_names_the_exact_step():
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_on_cpu(precision):
-    run = trainer(cfg=config(epochs=1, milestones=[], channels_last=True), precision=precision)
+    run = trainer(cfg=config(1, (), channels_last=True), precision=precision)
     (stats,) = run.fit()
     assert math.isfinite(stats.train_loss) and 0 <= stats.test_top1 <= 1
     assert (run.scaler is not None) == (precision == "fp16")
@@ -344,7 +397,7 @@ def test_mixed_precision_trains_on_cpu(precision):
 
 
 def test_unimplemented_precision_is_a_user_error():
-    with pytest.raises(UserError, match="'int4' is not implemented"):
+    with pytest.raises(UserError, match="precision 'int4' is not one of fp32"):
         trainer(precision="int4")
 
 

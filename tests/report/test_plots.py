@@ -165,17 +165,17 @@ def test_curves_span_the_recipe_schedule_with_lr_decays(eb_run, captured):
 @pytest.mark.parametrize("measured", [False, True])
 def test_cost_energy_panel_says_not_measured_without_joules(tmp_path, captured, measured):
     run_dir = make_fake_run_dir(tmp_path / "run", joules=measured, num_groups=4)
-    plots.plot_cost(build_report(run_dir), "unused.png")
+    results = build_report(run_dir).results
+    plots.plot_cost(results, "unused.png")
     flops_ax, time_ax, energy_ax = captured[0].axes
     energy_text = " ".join(t.get_text() for t in energy_ax.texts)
     assert ("not measured" in energy_text) is not measured
     assert "not measured" not in " ".join(t.get_text() for t in time_ax.texts)
     dense_bar = [p for p in flops_ax.patches if p.get_x() > 0.5]
     assert len(dense_bar) == 1
-    cost = build_report(run_dir)["cost"]
-    assert dense_bar[0].get_height() == pytest.approx(cost["dense_reference_flops"])
+    assert dense_bar[0].get_height() == pytest.approx(results.cost.dense_reference_flops)
     assert sum(p.get_height() for p in flops_ax.patches if p.get_x() < 0.5) == pytest.approx(
-        cost["total_flops"]
+        results.cost.total_flops
     )
 
 

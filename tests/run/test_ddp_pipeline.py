@@ -19,12 +19,14 @@ from ebcompress.channels.ticket import Ticket
 from ebcompress.cost.energy import available_counters
 from ebcompress.data import fake_data
 from ebcompress.earlybird import detector as earlybird
-from ebcompress.earlybird.detector import EarlyBird, mask_digest
+from ebcompress.earlybird.collectives import mask_digest
+from ebcompress.earlybird.detector import EarlyBird
 from ebcompress.engine import distributed
-from ebcompress.engine import trainer as engine
+from ebcompress.engine.config import TrainerConfig
+from ebcompress.engine.loop import EpochLoop
+from ebcompress.engine.optim import OptimConfig, ScheduleConfig
 from ebcompress.engine.trainer import Trainer
 from ebcompress.errors import UserError
-from ebcompress.recipe import TrainConfig
 
 # The quickstart recipe, shrunk: a ticket emerges at epoch 2 and the slim net trains 2 more.
 TINY = [
@@ -122,6 +124,9 @@ class _TwoRanks:
         self.other = torch.tensor(other_digests, dtype=torch.int64)
         self.broadcasts: list[object] = []
 
+    def is_initialized(self) -> bool:
+        return True
+
     def all_reduce_min(self, tensor: torch.Tensor) -> torch.Tensor:
         other = torch.cat([self.other, -self.other])
         return torch.minimum(tensor, other, out=tensor)
@@ -157,52 +162,68 @@ def fake_group(monkeypatch, ranks: _TwoRanks) -> None:
     monkeypatch.setattr(distributed, "broadcast_object", ranks.broadcast_object)
 
 
-def bird_for(net: nn.Module) -> EarlyBird:
-    return EarlyBird(net, torch.randn(2, 3, 8, 8), ratio=[0.3, 0.5], window=2, epsilon=0.5)
+def bird_for(net: nn.Module, collectives: object = None) -> EarlyBird:
+    return EarlyBird(
+        net,
+        torch.randn(2, 3, 8, 8),
+        ratio=[0.3, 0.5],
+        window=2,
+        epsilon=0.5,
+        collectives=collectives,
+    )
 
 
-def test_ranks_with_the_same_masks_pass_and_rank_0_decides_emergence(monkeypatch) -> None:
+def test_ranks_with_the_same_masks_pass_and_rank_0_decides_emergence() -> None:
     net = tiny_bn_net(0)
     reference = bird_for(tiny_bn_net(0))
     reference.step()
     digests = [mask_digest(reference.latest_ticket(r).mask()) for r in (0.3, 0.5)]
     ranks = _TwoRanks(digests)
-    fake_group(monkeypatch, ranks)
-    bird = bird_for(net)
+    bird = bird_for(net, ranks)
     assert bird.step() is False
     assert bird.step() is True  # unchanged weights: the masks repeat, so the ticket emerges
     assert ranks.broadcasts[-1].keys() == {0.3, 0.5}  # the verdict went through the broadcast
 
 
-def test_ranks_with_different_masks_fail_loudly(monkeypatch) -> None:
-    bird = bird_for(tiny_bn_net(0))
+def test_ranks_with_different_masks_fail_loudly() -> None:
     other = bird_for(tiny_bn_net(1))
     other.step()
     digests = [mask_digest(other.latest_ticket(r).mask()) for r in (0.3, 0.5)]
-    fake_group(monkeypatch, _TwoRanks(digests))
+    bird = bird_for(tiny_bn_net(0), _TwoRanks(digests))
     with pytest.raises(UserError, match="ranks drew different masks at ratio 0.3, 0.5"):
         bird.step()
 
 
-def test_a_rank_0_verdict_binds_the_other_ranks(monkeypatch) -> None:
-    bird = bird_for(tiny_bn_net(0))
-    monkeypatch.setattr(earlybird, "_check_ranks_agree", lambda *args: None)
-    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, src=0: {0.5: 0.01})
+class _Rank0SawEmergence:
+    """A group whose rank 0 saw the 0.5 ticket emerge (the masks' check is another test's)."""
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def all_reduce_min(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def broadcast_object(self, obj: object, src: int = 0) -> object:
+        return {0.5: 0.01}
+
+
+def test_a_rank_0_verdict_binds_the_other_ranks() -> None:
+    bird = bird_for(tiny_bn_net(0), _Rank0SawEmergence())
     assert bird.step() is False  # window not yet full here, but rank 0 saw the 0.5 ticket emerge
     assert bird.emerged_epoch == {0.3: None, 0.5: 1}
     assert bird.tickets[0.5].extra["earlybird"]["window_max"] == 0.01
 
 
 def test_a_baseline_ticket_is_checked_across_ranks(monkeypatch) -> None:
-    from ebcompress.run.pipeline import _check_ranks_agree
+    from ebcompress.run.search_result import check_ranks_agree
 
     ticket = Ticket(kept={"a": (0, 2)}, widths={"a": 4}, ratio=0.5)
     other = Ticket(kept={"a": (1, 2)}, widths={"a": 4}, ratio=0.5)
     fake_group(monkeypatch, _TwoRanks([mask_digest(ticket.mask())]))
-    _check_ranks_agree(ticket, torch.device("cpu"))  # the same ticket on both ranks: fine
+    check_ranks_agree(ticket, torch.device("cpu"))  # the same ticket on both ranks: fine
     fake_group(monkeypatch, _TwoRanks([mask_digest(other.mask())]))
     with pytest.raises(UserError, match="ranks drew different tickets at p=0.5"):
-        _check_ranks_agree(ticket, torch.device("cpu"))
+        check_ranks_agree(ticket, torch.device("cpu"))
 
 
 def test_mask_digest_is_a_nonnegative_int64_that_sees_one_flip() -> None:
@@ -214,27 +235,32 @@ def test_mask_digest_is_a_nonnegative_int64_that_sees_one_flip() -> None:
     assert mask_digest(mask) == mask_digest(mask.copy())
 
 
+def one_epoch(**fields) -> TrainerConfig:
+    return TrainerConfig(
+        phase="search", batch_size=8, optim=OptimConfig(lr=0.05), schedule=ScheduleConfig(1),
+        progress=False, **fields,
+    )  # fmt: skip
+
+
 def test_sync_bn_on_the_cpu_under_ddp_is_a_user_error(monkeypatch) -> None:
     monkeypatch.setattr(distributed, "is_initialized", lambda: True)
-    cfg = TrainConfig(epochs=1, batch_size=8, milestones=[], sync_bn=True)
     data = fake_data(image_size=8, n_train=16, n_test=8, num_classes=4)
     with pytest.raises(UserError, match="train.sync_bn"):
-        Trainer(tiny_bn_net(0), data, cfg, phase="search", progress=False)
+        Trainer(tiny_bn_net(0), data, one_epoch(sync_bn=True))
 
 
 def test_fit_hands_back_the_models_own_batchnorms(monkeypatch) -> None:
     """What Trainer does around fit() with sync_bn on CUDA, checked on the CPU: the conversion
     shares parameters and statistics, and fit() puts the original modules back."""
-    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.05, milestones=[])
     data = fake_data(image_size=8, n_train=16, n_test=8, num_classes=4)
     net = tiny_bn_net(0)
-    trainer = Trainer(net, data, cfg, phase="search", progress=False, energy_counters=[])
+    trainer = Trainer(net, data, one_epoch(energy_counters=()))
     originals = {n: m for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)}
     nn.SyncBatchNorm.convert_sync_batchnorm(net)
     assert all(isinstance(net.get_submodule(n), nn.SyncBatchNorm) for n in originals)
-    trainer._plain_batchnorms = dict(originals)
+    trainer.prepared.plain_batchnorms = dict(originals)
     # SyncBatchNorm cannot run on the CPU; training is not the point here.
-    monkeypatch.setattr(engine.Trainer, "_run_epoch", lambda self, epoch, bar: 1 / 0)
+    monkeypatch.setattr(EpochLoop, "run", lambda self, *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         trainer.fit()
     trained = trainer.optimizer.param_groups[0]["params"]

@@ -18,7 +18,9 @@ from ebcompress.channels.ticket import Ticket
 from ebcompress.errors import UserError
 from ebcompress.recipe import load_recipe
 from ebcompress.run.lock import lock_holder, run_lock
+from ebcompress.run.paths import RunPaths
 from ebcompress.run.pipeline import run_pipeline
+from ebcompress.run.results import RunResults
 
 # A shortened quickstart: 12 epochs, a 3-mask window so a ticket can emerge early.
 FAST = [
@@ -68,16 +70,25 @@ def test_quickstart_draws_a_ticket_early_and_the_flops_add_up(finished_run) -> N
 
 @pytest.mark.slow
 def test_run_directory_holds_every_artifact(finished_run) -> None:
+    """Every file where RunPaths names it (the engine places its own, from the run_dir)."""
     run_dir, _ = finished_run
-    for name in ("recipe.yaml", "state.json", "metrics.jsonl", "ticket.json", "report.json"):
-        assert (run_dir / name).is_file(), name
-    assert (run_dir / "model" / "model.safetensors").is_file()
-    assert (run_dir / "model" / "model.onnx").is_file()
-    assert (run_dir / "masks" / "history.json").is_file()
-    assert (run_dir / "checkpoints" / "search" / "last.pt").is_file()
-    phases = [json.loads(line)["phase"] for line in (run_dir / "metrics.jsonl").open()]
+    paths = RunPaths(run_dir)
+    for path in (paths.recipe, paths.state, paths.metrics, paths.ticket, paths.report_json):
+        assert path.is_file(), path
+    assert paths.report_md.is_file() and paths.plot("cost").is_file()
+    assert (paths.model / "model.safetensors").is_file()
+    assert (paths.model / "model.onnx").is_file()
+    assert (paths.masks / "history.json").is_file()
+    assert paths.search_outcome.is_file() and paths.search_tensors.is_file()
+    for phase in ("search", "retrain"):
+        assert paths.checkpoint(phase).is_file(), phase
+    phases = [json.loads(line)["phase"] for line in paths.metrics.open()]
     assert phases == sorted(phases, key=["search", "retrain"].index)
-    assert not (run_dir / "run.lock").exists()
+    assert not paths.lock.exists()
+    stored = json.loads(paths.state.read_text())["results"]
+    assert RunResults.from_dict(stored).to_dict() == stored  # the typed results lose nothing
+    hidden = list(run_dir.rglob(".*"))
+    assert hidden == [], hidden  # no temporary file of an atomic write is left behind
 
 
 @pytest.mark.slow
@@ -145,6 +156,7 @@ def _search_only(tmp_path, mode: str):
     from ebcompress.cost.flops import TrainingLedger
     from ebcompress.data import load_data
     from ebcompress.methods.base import RunContext
+    from ebcompress.methods.data import data_options
     from ebcompress.methods.eb_train import EarlyBirdTrain
     from ebcompress.models import build_model
 
@@ -158,7 +170,7 @@ def _search_only(tmp_path, mode: str):
             f"retrain.mode={mode}",
         ],
     )
-    data = load_data(recipe.data)
+    data = load_data(data_options(recipe.data))
     torch.manual_seed(0)
     model = build_model(recipe.model.name, data.num_classes, data.in_chans, **recipe.model.kwargs)
     run = RunContext(

@@ -13,7 +13,7 @@ from ebcompress.cli import main
 from ebcompress.cli.prune import print_summary
 from ebcompress.errors import UserError
 from ebcompress.recipe import load_recipe
-from ebcompress.report.build import write_report
+from ebcompress.report.build import build_report, write_report
 from ebcompress.run.compare import write_compare
 from ebcompress.run.pipeline import run_pipeline
 
@@ -91,7 +91,7 @@ def test_a_failed_run_says_so_and_shows_no_saving(tmp_path, capsys) -> None:
     text = (run_dir / "report.md").read_text()
     assert "> **NOT A SUCCESS: final top-1 12.0% is near chance" in text
     assert "not a saving: the slim model failed its health check" in text
-    print_summary(report, run_dir)
+    print_summary(build_report(run_dir), run_dir)
     panel = capsys.readouterr().out
     assert "NOT A SUCCESS" in panel and "no saving" in panel and "x fewer" not in panel
 
@@ -100,7 +100,7 @@ def test_a_healthy_run_reports_ok_and_its_saving(tmp_path, capsys) -> None:
     run_dir = make_fake_run_dir(tmp_path / "fine", final_top1=0.9)
     report = write_report(run_dir)
     assert report["health"]["status"] == "ok" and report["health"]["flags"] == []
-    print_summary(report, run_dir)
+    print_summary(build_report(run_dir), run_dir)
     panel = capsys.readouterr().out
     assert "x fewer FLOPs" in panel and "health: ok" in panel
 

@@ -201,7 +201,7 @@ def test_a_full_disk_mid_run_is_one_line_and_leaves_no_lock(tmp_path, monkeypatc
     lock left, and no checkpoint of an epoch whose record could not be written."""
     import errno
 
-    import ebcompress.engine.trainer as engine
+    import ebcompress.engine.phase_files as engine
 
     def disk_full(path, entry):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
