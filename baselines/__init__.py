@@ -7,8 +7,7 @@ The classes load on first use (PEP 562), so the recipe schema and ``ebcompress -
 read the options modules without importing torch.
 """
 
-import importlib
-from typing import Any
+from ebcompress.lazy import lazy_exports
 
 _PUBLIC = {
     "LotteryTicket": "ebcompress.baselines.lottery_ticket",
@@ -18,16 +17,6 @@ _PUBLIC = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'ebcompress.baselines' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
-
+__getattr__, __dir__ = lazy_exports(globals(), _PUBLIC)
 
 __all__ = sorted(_PUBLIC)

@@ -15,8 +15,7 @@ the ModelSpec of a timm, torchvision or ``build_model`` model and checks that it
 model; pass ``spec=eb.ModelSpec(...)`` for anything else.
 """
 
-import importlib
-from typing import Any
+from ebcompress.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -47,17 +46,7 @@ _PUBLIC = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'ebcompress' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
-
+__getattr__, __dir__ = lazy_exports(globals(), _PUBLIC)
 
 __all__ = [
     "BNL1Regularizer",

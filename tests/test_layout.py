@@ -20,7 +20,7 @@ ROOTS = {
 }
 
 #: Top-level modules every layer may use; they import nothing of ebcompress but ``errors``.
-HELPERS = frozenset({"errors", "atomic", "modules", "registry", "checks"})
+HELPERS = frozenset({"errors", "atomic", "lazy", "modules", "registry", "checks"})
 #: The core a user calls from their own training loop.
 CORE = HELPERS | {"channels", "earlybird", "cost", "models"}
 _ALL = CORE | {"engine", "data", "recipe", "methods", "baselines", "run", "deploy", "report"}
@@ -30,6 +30,7 @@ _ALL = CORE | {"engine", "data", "recipe", "methods", "baselines", "run", "deplo
 ALLOWED: dict[str, frozenset[str]] = {
     "errors": frozenset(),
     "atomic": frozenset({"errors"}),
+    "lazy": frozenset(),
     "modules": frozenset(),
     "registry": frozenset({"errors"}),
     "checks": frozenset({"errors"}),
@@ -56,7 +57,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "run": frozenset(_ALL - {"run"}),
     "cli": frozenset(_ALL),
     "__main__": frozenset({"cli"}),
-    "__init__": frozenset(),  # PEP 562: names resolved by importlib on first use
+    "__init__": frozenset({"lazy"}),  # PEP 562: names resolved by importlib on first use
     "recipes": frozenset(),  # the bundled YAML recipes
 }
 

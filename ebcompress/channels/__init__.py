@@ -13,8 +13,7 @@ among them: ``ebcompress.channels.slim`` is its module (use ``eb.slim`` or
 ``from ebcompress.channels.slim import slim``).
 """
 
-import importlib
-from typing import Any
+from ebcompress.lazy import lazy_exports
 
 _PUBLIC = {
     "ChannelGraph": "ebcompress.channels.graph",
@@ -26,16 +25,6 @@ _PUBLIC = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'ebcompress.channels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
-
+__getattr__, __dir__ = lazy_exports(globals(), _PUBLIC)
 
 __all__ = sorted(_PUBLIC)

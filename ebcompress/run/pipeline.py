@@ -96,33 +96,23 @@ def run_pipeline(
         try:
             if resume:
                 _on_rank_0(lambda: check_resume(run_dir, recipe, force=force_resume))
-            return _run(
+            if dist.is_main():
+                write_text_atomic(RunPaths(run_dir).recipe, recipe.to_yaml())
+            run, dense_cost = _start(
                 recipe, run_dir, data_root=data_root, resume=resume, dev=dev, progress=progress
             )
+            return _run(run, dense_cost)
         except DivergenceError as exc:
             record_divergence(run_dir, str(exc))
             raise
 
 
-def _run(
-    recipe: Recipe,
-    run_dir: Path,
-    *,
-    data_root: str | None,
-    resume: bool,
-    dev: torch.device,
-    progress: bool,
-) -> dict[str, Any]:
-    """The phases in order: start, search, retrain, export, results and report."""
-    key = recipe.prune.method
+def _run(run: RunContext, dense_cost: FlopCount) -> dict[str, Any]:
+    """The phases in order: search, retrain, export, results and report."""
+    run_dir, key = run.run_dir, run.recipe.prune.method
     method = get_method(key)
-    if dist.is_main():
-        write_text_atomic(RunPaths(run_dir).recipe, recipe.to_yaml())
-    run, dense_cost = _start(
-        recipe, run_dir, data_root=data_root, resume=resume, dev=dev, progress=progress
-    )
     write_state(run_dir, RunState(status="search", method=key))
-    _seed_phase(recipe.seed, "search")
+    _seed_phase(run.recipe.seed, "search")
     outcome, plan = search_or_resume(method, run)
     slim_model = _slim_for_retrain(run, outcome, plan)
     write_state(run_dir, RunState(status="retrain", method=key))
