@@ -6,8 +6,8 @@ masks' digests, :func:`ratios_differing_across_ranks`), and rank 0's emergence v
 broadcast, so every rank stops at the same epoch with the same ticket. Those are the three
 operations of :class:`Collectives`. :class:`TorchCollectives` runs them on torch.distributed's
 default process group, and as the single process of a world of one without a group;
-:mod:`ebcompress.engine.distributed` has the same three functions, so that module is a
-``Collectives`` too.
+:mod:`ebcompress.engine.distributed` exposes the default group's three as module functions,
+so that module is a ``Collectives`` too.
 """
 
 from __future__ import annotations

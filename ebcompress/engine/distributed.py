@@ -8,20 +8,19 @@ Without a group every helper behaves as the single process of a world of one.
 from __future__ import annotations
 
 import os
-from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ebcompress.earlybird.collectives import TorchCollectives
 from ebcompress.modules import unwrap
 
-T = TypeVar("T")
-
-
-def is_initialized() -> bool:
-    """True when a process group is active."""
-    return dist.is_available() and dist.is_initialized()
+# The default group's collectives: the same ones the Early-Bird detector uses.
+_DEFAULT_GROUP = TorchCollectives()
+is_initialized = _DEFAULT_GROUP.is_initialized
+broadcast_object = _DEFAULT_GROUP.broadcast_object
+all_reduce_min = _DEFAULT_GROUP.all_reduce_min
 
 
 def init_from_env(device: str | torch.device | None = None) -> bool:
@@ -69,15 +68,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(obj: T, src: int = 0) -> T:
-    """``obj`` as held by rank ``src``, on every rank (pickled between our own processes)."""
-    if not is_initialized():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]
-
-
 def average_buffers(model: nn.Module) -> None:
     """Average floating-point buffers (BatchNorm running statistics) over all ranks.
 
@@ -92,10 +82,3 @@ def average_buffers(model: nn.Module) -> None:
         if buffer.is_floating_point():
             dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
             buffer.div_(size)
-
-
-def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
-    """Element-wise minimum of ``tensor`` over all ranks, in place; returned."""
-    if is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return tensor
