@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +26,11 @@ def atomic_path(path: str | os.PathLike[str], *, keep_suffix: bool = False) -> I
     no glob for the real files' suffix picks up a temporary file a kill left behind."""
     path = Path(path)
     stem, suffix = (path.stem, path.suffix) if keep_suffix else (path.name, "")
-    tmp = path.with_name(f".{stem}.tmp{os.getpid()}{suffix}")
+    # Unique per process and thread, so two writers never share a temporary file.
+    tmp = path.with_name(f".{stem}.tmp{os.getpid()}-{threading.get_ident()}{suffix}")
     try:
         yield tmp
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -46,7 +48,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    """Flush ``path``'s content to the disk (a writer that must know its data is durable before
+    it moves other files, as the checkpoint rotation does)."""
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
 

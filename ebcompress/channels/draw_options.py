@@ -4,7 +4,8 @@
 :class:`ebcompress.EarlyBird` and the baselines all take a :class:`DrawOptions`; the recipe's
 ``prune`` section builds one (``PruneConfig.draw_options()``). The public functions still
 accept the fields as keywords (``draw(0.5, min_keep=2)``) and build one from them. Importing
-this module needs no torch, so the recipe schema takes its defaults from here.
+this module needs no torch (checking values does), so the recipe schema takes its defaults
+from here.
 """
 
 from __future__ import annotations
@@ -76,3 +77,13 @@ class DrawOptions:
     def to_dict(self) -> dict[str, Any]:
         """The fields by name, as a ticket records them in ``extra``."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def resolve_draw_options(options: DrawOptions | None, name: str = "options") -> DrawOptions:
+    """``options``, or the defaults for None; a TypeError naming ``name`` for anything else."""
+    if options is None:
+        return DrawOptions()
+    from ebcompress.checks import check_instance  # needs torch: see DrawOptions.__post_init__
+
+    check_instance(options, DrawOptions, name, how="eb.DrawOptions(scope=..., min_keep=...)")
+    return options

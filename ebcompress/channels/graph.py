@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ebcompress.channels.capped import CappedGroupsWarning, capped_summary, warn_capped
-from ebcompress.channels.draw_options import DrawOptions
+from ebcompress.channels.draw_options import DrawOptions, resolve_draw_options
 from ebcompress.channels.groups import ChannelGroup, same_layers, trace_channel_groups
 from ebcompress.channels.probe import find_unslimmable
 from ebcompress.channels.ranking import (
@@ -197,7 +197,7 @@ class ChannelGraph:
         then can the total differ from ``round(ratio*N)`` (besides the limits).
         """
         _check_ratio(ratio)
-        rules = (options or DrawOptions()).updated(**changes)
+        rules = resolve_draw_options(options).updated(**changes)
         scope, min_keep, round_to = rules.scope, rules.min_keep, rules.round_to
         scores = self._scores(importance)
         ranked = np.array(
@@ -299,7 +299,7 @@ def draw_ticket(
     ``ignored_layers`` are :class:`ChannelGraph`'s: kept dense and recorded in the ticket.
     """
     _check_ratio(ratio)  # the options and the ratio before the trace
-    rules = (options or DrawOptions()).updated(**changes)
+    rules = resolve_draw_options(options).updated(**changes)
     graph = ChannelGraph(model, example_inputs, ignored_layers=ignored_layers)
     return graph.draw(ratio, rules)
 

@@ -56,8 +56,11 @@ def slim(
     layer) — nothing is ever returned half-pruned. ``example_inputs`` defaults to a random
     batch of the shape the ticket was drawn with.
     """
-    example_inputs = resolve_example_inputs(model, ticket, example_inputs)
+    check_module(model, "model")
     slimmed = clone_module(model)
+    # Checked on the private copy: toggling the caller's model to eval mode for the check
+    # would race with another thread using it.
+    example_inputs = resolve_example_inputs(slimmed, ticket, example_inputs)
     requires_grad = {name: p.requires_grad for name, p in slimmed.named_parameters()}
     with modes_preserved(slimmed):
         graph, handles = _matching_groups(
@@ -93,8 +96,9 @@ def masked_equivalent(
     ``masked_equivalent(x) == slim(x)`` up to float rounding, for every architecture.
     ``graph_ignored_layers`` is :func:`slim`'s: empty replays ``ticket.ignored_layers``.
     """
-    example_inputs = resolve_example_inputs(model, ticket, example_inputs)
+    check_module(model, "model")
     masked = clone_module(model)
+    example_inputs = resolve_example_inputs(masked, ticket, example_inputs)  # see slim
     with modes_preserved(masked):
         graph, handles = _matching_groups(
             model, masked, ticket, example_inputs, graph_ignored_layers

@@ -85,15 +85,23 @@ def patched() -> Iterator[None]:
     with _LOCK:
         if _depth == 0:
             check_version()
-            _install()
+            try:
+                _install()
+            except BaseException:
+                _uninstall()  # a half-done install must not stay behind
+                raise
         _depth += 1
         try:
             yield
         finally:
             _depth -= 1
             if _depth == 0:
-                while _restore:
-                    _restore.pop()()
+                _uninstall()
+
+
+def _uninstall() -> None:
+    while _restore:
+        _restore.pop()()
 
 
 def _install() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ebcompress.atomic import write_text_atomic
 from ebcompress.cli.app import app
 from ebcompress.errors import UserError
 
@@ -85,5 +86,5 @@ def bench(
     Console().print(bench_table(result))
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(json_path, json.dumps(result.to_dict(), indent=1) + "\n")
         print(f"wrote {json_path}")

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ebcompress.channels.capped import warn_capped
-from ebcompress.channels.draw_options import DrawOptions
+from ebcompress.channels.draw_options import DrawOptions, resolve_draw_options
 from ebcompress.channels.graph import ChannelGraph
 from ebcompress.channels.groups import modes_preserved
 from ebcompress.channels.ticket import Ticket
@@ -120,7 +120,7 @@ class EarlyBird:
                 f"Early-Bird epsilon {epsilon!r} must lie in (0, 1] (the paper uses 0.1)"
             )
         # Built (and checked) now, not at the first draw: a mistake should not cost an epoch.
-        self.draw_options = (draw_options or DrawOptions()).updated(**changes)
+        self.draw_options = resolve_draw_options(draw_options, "draw_options").updated(**changes)
         self.model_name = model_name
         if check_int(min_search_epochs, "min_search_epochs") < 0:
             raise UserError(f"min_search_epochs={min_search_epochs} must be >= 0")

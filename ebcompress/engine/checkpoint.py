@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ebcompress.atomic import atomic_path
+from ebcompress.atomic import atomic_path, fsync_file
 from ebcompress.errors import UserError
 
 _MAGIC = b"EBCKPT1 "
@@ -56,7 +56,9 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     try:
         with atomic_path(path) as tmp:
             tmp.write_bytes(header + payload)
-            # Rotated only once the new file is written in full: a failed write keeps both.
+            # Rotated only once the new file is on the disk in full: a failed write or fsync
+            # (a full disk) keeps both old checkpoints.
+            fsync_file(tmp)
             if path.exists():
                 os.replace(path, previous_path(path))
     except OSError as exc:

@@ -51,7 +51,7 @@ def search_or_resume(method: Method, run: RunContext) -> tuple[SearchOutcome, Re
         )
         return outcome, plan
     outcome = method.search(run)
-    check_ranks_agree(outcome.ticket, run.device)
+    check_ticket_agrees_across_ranks(outcome.ticket, run.device)
     plan = method.retrain_plan(run, outcome)
     if dist.is_main():
         outcome.ticket.save(paths.ticket)
@@ -62,7 +62,7 @@ def search_or_resume(method: Method, run: RunContext) -> tuple[SearchOutcome, Re
     return outcome, plan
 
 
-def check_ranks_agree(ticket: Ticket, device: torch.device) -> None:
+def check_ticket_agrees_across_ranks(ticket: Ticket, device: torch.device) -> None:
     """Every data-parallel rank must retrain the same ticket (EB checks every epoch's masks;
     the baselines' tickets are checked here)."""
     if ratios_differing_across_ranks({ticket.ratio: ticket.mask()}, device, dist):

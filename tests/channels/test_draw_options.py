@@ -91,3 +91,13 @@ def test_early_bird_takes_options_or_keywords_and_checks_them_before_training() 
         eb.EarlyBird(net, X, max_group_ratio=2)
     with pytest.raises(TypeError, match="unexpected keyword argument 'windw'"):
         eb.EarlyBird(net, X, windw=3)
+
+
+def test_options_of_the_wrong_type_are_a_type_error_naming_the_argument() -> None:
+    net = _net()
+    with pytest.raises(TypeError, match="options must be a DrawOptions"):
+        eb.draw_ticket(net, 0.5, "uniform", example_inputs=X)
+    with pytest.raises(TypeError, match="options must be a DrawOptions"):
+        eb.ChannelGraph(net, X).draw(0.5, {"scope": "uniform"})
+    with pytest.raises(TypeError, match="draw_options must be a DrawOptions"):
+        eb.EarlyBird(net, X, draw_options={"scope": "uniform"})

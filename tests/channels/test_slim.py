@@ -108,6 +108,24 @@ def test_slim_leaves_the_original_untouched():
     assert sum(p.numel() for p in slimmed.parameters()) < sum(p.numel() for p in params.values())
 
 
+def test_concurrent_slims_of_one_model_agree_and_leave_it_untouched():
+    """slim checks its inputs on its own copy, so threads slimming one model never see each
+    other's eval/train toggling (a training-mode BatchNorm on a batch of one would refuse)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, x = _model("resnet20_cifar", width_mult=0.5)
+    model.train()
+    ticket = ChannelGraph(model, x).draw(0.5)
+    state = {key: value.clone() for key, value in model.state_dict().items()}
+    expected = slim(model, ticket, x[:1]).state_dict()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: slim(model, ticket, x[:1]).state_dict(), range(6)))
+    for result in results:
+        assert all(torch.equal(result[k], expected[k]) for k in expected)
+    assert all(module.training for module in model.modules())
+    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_slim_preserves_modes_and_requires_grad(training):
     model, x = _model("resnet20_cifar", width_mult=0.5)

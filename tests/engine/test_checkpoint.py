@@ -93,6 +93,26 @@ def test_full_disk_leaves_previous_checkpoints_intact(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "prev.pt"]
 
 
+def test_a_failed_fsync_keeps_both_previous_checkpoints(tmp_path, monkeypatch):
+    """The rotation to prev.pt waits until the new file is on the disk: a full disk that
+    shows only at fsync time must not cost last.pt, nor overwrite prev.pt."""
+    import ebcompress.engine.checkpoint as checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(_state(1.0), path)
+    save_checkpoint(_state(2.0), path)
+
+    def full_at_fsync(_path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "fsync_file", full_at_fsync)
+    with pytest.raises(UserError, match="disk is full"):
+        save_checkpoint(_state(3.0), path)
+    assert load_checkpoint(path)["epoch"] == 2
+    assert load_checkpoint(previous_path(path))["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "prev.pt"]
+
+
 class _Sneaky:
     def __reduce__(self):
         return (print, ("unpickled arbitrary code",))

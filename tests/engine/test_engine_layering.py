@@ -5,6 +5,8 @@ functions, relative imports and ``importlib.import_module("...")`` included."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ENGINE = Path(__file__).resolve().parents[2] / "ebcompress" / "engine"
@@ -74,3 +76,16 @@ def test_no_engine_module_imports_the_recipe_or_the_shell() -> None:
         for module in modules
     }
     assert {name: found for name, found in offending.items() if found} == {}
+
+
+def test_importing_the_engine_does_not_load_the_channel_machinery() -> None:
+    """The engine reaches the detector's collectives, not the detector: importing it (and with
+    it the run state and the report) must not pay for torch-pruning's import."""
+    code = (
+        "import sys, ebcompress.engine.trainer, ebcompress.engine.distributed; "
+        "print(sorted(m for m in ('torch_pruning', 'ebcompress.channels.graph') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -215,15 +215,17 @@ def test_a_rank_0_verdict_binds_the_other_ranks() -> None:
 
 
 def test_a_baseline_ticket_is_checked_across_ranks(monkeypatch) -> None:
-    from ebcompress.run.search_result import check_ranks_agree
+    from ebcompress.run.search_result import check_ticket_agrees_across_ranks
 
     ticket = Ticket(kept={"a": (0, 2)}, widths={"a": 4}, ratio=0.5)
     other = Ticket(kept={"a": (1, 2)}, widths={"a": 4}, ratio=0.5)
     fake_group(monkeypatch, _TwoRanks([mask_digest(ticket.mask())]))
-    check_ranks_agree(ticket, torch.device("cpu"))  # the same ticket on both ranks: fine
+    check_ticket_agrees_across_ranks(
+        ticket, torch.device("cpu")
+    )  # the same ticket on both ranks: fine
     fake_group(monkeypatch, _TwoRanks([mask_digest(other.mask())]))
     with pytest.raises(UserError, match="ranks drew different tickets at p=0.5"):
-        check_ranks_agree(ticket, torch.device("cpu"))
+        check_ticket_agrees_across_ranks(ticket, torch.device("cpu"))
 
 
 def test_mask_digest_is_a_nonnegative_int64_that_sees_one_flip() -> None:
