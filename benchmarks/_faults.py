@@ -2,7 +2,7 @@
 
 A signal at a random moment rarely lands in the short phases (slimming, the export, the
 report), so those get *fault points*: the subprocess runs this file, which installs a hook
-and then the ordinary command line. The hook SIGKILLs its own process
+and then the ordinary command line. The hook SIGKILLs (or, asked, SIGTERMs) its own process
 
 * ``checkpoint``, ``export``, ``report``: at the n-th atomic rename onto a checkpoint
   (``last.pt``), a bundle file or a report file, i.e. with the new file fully written beside
@@ -13,7 +13,7 @@ and then the ordinary command line. The hook SIGKILLs its own process
 The disk-full cycle puts the run directory on a small tmpfs (:func:`small_disk`, needs root)
 and fills it (:func:`fill_disk`) between two checkpoints.
 
-    python benchmarks/_faults.py POINT N prune --recipe ... --out RUN ...
+    python benchmarks/_faults.py POINT N SIGKILL prune --recipe ... --out RUN ...
 """
 
 from __future__ import annotations
@@ -35,25 +35,25 @@ RENAME_POINTS: dict[str, tuple[str, ...]] = {
 POINTS = (*RENAME_POINTS, "slimming")
 
 
-def fault_command(point: str, nth: int, prune_argv: list[str]) -> list[str]:
-    """The subprocess command line: ``ebcompress PRUNE_ARGV`` with fault ``point`` armed."""
+def fault_command(
+    point: str, nth: int, prune_argv: list[str], sig: signal.Signals = signal.SIGKILL
+) -> list[str]:
+    """The subprocess command line: ``ebcompress PRUNE_ARGV`` with fault ``point`` armed to
+    send the process ``sig``."""
     if point not in POINTS:
         raise ValueError(f"unknown fault point {point!r}; one of {POINTS}")
-    return [sys.executable, str(Path(__file__).resolve()), point, str(nth), *prune_argv]
+    here = str(Path(__file__).resolve())
+    return [sys.executable, here, point, str(nth), sig.name, *prune_argv]
 
 
-def _die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def install(point: str, nth: int, run_dir: Path) -> None:
-    """Arm ``point`` in this process: SIGKILL it at the ``nth`` matching event."""
+def install(point: str, nth: int, run_dir: Path, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Arm ``point`` in this process: send it ``sig`` at the ``nth`` matching event."""
     seen = [0]
 
     def hit() -> None:
         seen[0] += 1
         if seen[0] == nth:
-            _die()
+            os.kill(os.getpid(), sig)
 
     if point == "slimming":
         import torch_pruning as tp
@@ -114,8 +114,9 @@ def free_bytes(folder: Path) -> int:
 
 
 if __name__ == "__main__":
-    point, nth, *prune_argv = sys.argv[1:]
-    install(point, int(nth), Path(prune_argv[prune_argv.index("--out") + 1]))
+    point, nth, sig, *prune_argv = sys.argv[1:]
+    run_dir = Path(prune_argv[prune_argv.index("--out") + 1])
+    install(point, int(nth), run_dir, signal.Signals[sig])
     from ebcompress.cli.app import main
 
     main(prune_argv)

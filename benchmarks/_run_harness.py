@@ -55,16 +55,17 @@ def start_prune(
     stdout: Path,
     stderr: Path | None = None,
     overrides: Sequence[str] = QUICK_OVERRIDES,
-    fault: tuple[str, int] | None = None,
+    fault: tuple[str, int] | tuple[str, int, signal.Signals] | None = None,
 ) -> subprocess.Popen:
     """Start ``python -m ebcompress prune`` in a subprocess, appending its output to files
-    (stderr to ``stdout`` too when ``stderr`` is None). ``fault=(point, n)`` arms one of
-    ``_faults.POINTS``: the process SIGKILLs itself at the n-th such event."""
+        (stderr to ``stdout`` too when ``stderr`` is None). ``fault=(point, n)`` arms one of
+        ``_faults.POINTS``: the process SIGKILLs itself at the n-th such event (or sends itself
+    the signal given third)."""
     env = {**os.environ, **SINGLE_THREAD_ENV}
     argv = prune_argv(run_dir, resume=resume, overrides=overrides)
     command = [sys.executable, "-m", "ebcompress", *argv]
     if fault is not None:
-        command = _faults.fault_command(*fault, argv)
+        command = _faults.fault_command(fault[0], fault[1], argv, *fault[2:])
     with contextlib.ExitStack() as files:
         out = files.enter_context(open(stdout, "ab"))
         err = subprocess.STDOUT if stderr is None else files.enter_context(open(stderr, "ab"))

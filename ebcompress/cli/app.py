@@ -7,10 +7,14 @@ error) into one line on stderr and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 
 import typer
 from typer.exceptions import TyperException
@@ -71,12 +75,42 @@ def _one_line_warning(
     log(f"warning: {' '.join(str(message).split())}")
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived outside a training loop (which stops at a step boundary itself).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way up
+    mistakes it for an error of the code it interrupted."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_command() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` wherever it lands (loading
+    data, tracing, slimming, exporting, writing the report), as Ctrl-C raises
+    KeyboardInterrupt: every file is written atomically, so the run resumes from what is on
+    disk. Inside training the engine's own handler takes over and checkpoints first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     warnings.showwarning = _one_line_warning
     _register_commands()
     try:
-        status = app(args=argv, standalone_mode=False)
+        with _sigterm_stops_the_command():
+            status = app(args=argv, standalone_mode=False)
+    except Terminated:
+        fail("stopped by SIGTERM; resume with --resume")
     except UserError as exc:
         fail(str(exc))
     except TyperException as exc:  # typer's (vendored click) usage errors

@@ -282,3 +282,27 @@ def test_sigterm_mid_search_exits_2_in_one_line_and_resumes_to_the_same_result(
     assert reference.wait() == 0
     expected, actual = fi.comparable_result(reference_dir), fi.comparable_result(run)
     assert fi.differences(expected, actual) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["export", "report"])
+def test_sigterm_outside_training_exits_2_in_one_line_and_resumes_to_the_same_result(
+    tmp_path, point
+) -> None:
+    """Outside a training loop there is no step to finish: SIGTERM stops the command where it
+    lands (here, with a bundle or report file written beside the old one), as Ctrl-C would."""
+    fi = _harness()
+    reference_dir, run = tmp_path / "reference", tmp_path / "run"
+    reference = fi.start_prune(reference_dir, resume=False, stdout=tmp_path / "reference.log")
+    first = fi.start_prune(
+        run, resume=False, stdout=tmp_path / "1.log", stderr=tmp_path / "1.err",
+        fault=(point, 1, signal.SIGTERM),
+    )  # fmt: skip
+    assert first.wait(timeout=300) == 2
+    lines = (tmp_path / "1.err").read_text().splitlines()
+    assert lines == ["error: stopped by SIGTERM; resume with --resume"], lines
+
+    assert fi.start_prune(run, resume=True, stdout=tmp_path / "2.log").wait() == 0
+    assert reference.wait() == 0
+    expected, actual = fi.comparable_result(reference_dir), fi.comparable_result(run)
+    assert fi.differences(expected, actual) == []
