@@ -21,9 +21,11 @@ to size the new head.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -156,7 +158,9 @@ class ModelSpec:
 
 _SPEC_FIELDS = tuple(field.name for field in fields(ModelSpec))
 # Everything config.json holds: the spec, and what export_bundle adds to it.
-_CONFIG_FIELDS = frozenset({*_SPEC_FIELDS, "format", "slim", "fingerprint", "torch_version"})
+_CONFIG_FIELDS = frozenset(
+    {*_SPEC_FIELDS, "format", "slim", "fingerprint", "torch_version", "weights_sha256"}
+)
 
 
 # --------------------------------------------------------------------------- writing
@@ -186,9 +190,19 @@ def export_bundle(
         "slim": ticket is not None,
         "fingerprint": ticket.fingerprint if ticket is not None else None,
         "torch_version": torch.__version__.split("+")[0],
+        # safetensors has no checksum of its own: without this an altered weight loads silently.
+        "weights_sha256": _sha256(folder / WEIGHTS_FILE),
     }
     write_text_atomic(folder / CONFIG_FILE, json.dumps(config, indent=1) + "\n")
     return folder
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- reading
@@ -227,6 +241,11 @@ def read_bundle(path: str | os.PathLike[str]) -> tuple[Path, ModelSpec, Ticket |
         raise UserError(f"{where}: unknown field {unknown[0]!r}; re-export the bundle")
     if not isinstance(config.get("slim", False), bool):
         raise UserError(f"{where}: slim must be true or false, not {config['slim']!r}")
+    checksum = config.get("weights_sha256")  # absent in bundles written before it existed
+    if checksum is not None and not (
+        isinstance(checksum, str) and re.fullmatch(r"[0-9a-f]{64}", checksum)
+    ):
+        raise UserError(f"{where}: weights_sha256 {checksum!r} is not a sha256 hex digest")
     spec = ModelSpec.from_dict(config, where=where)
     for name in (WEIGHTS_FILE, STRUCTURE_FILE) if config.get("slim") else (WEIGHTS_FILE,):
         if not (folder / name).is_file():
@@ -238,6 +257,17 @@ def read_bundle(path: str | os.PathLike[str]) -> tuple[Path, ModelSpec, Ticket |
             f"{CONFIG_FILE} records {config['fingerprint']}; the files come from different exports"
         )
     return folder, spec, ticket
+
+
+def _check_checksum(folder: Path) -> None:
+    """UserError unless model.safetensors has the digest config.json recorded at export (a
+    file whose names and shapes fit can still hold altered values)."""
+    recorded = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")).get("weights_sha256")
+    if recorded is not None and _sha256(folder / WEIGHTS_FILE) != recorded:
+        raise UserError(
+            f"bundle {str(folder)!r}: {WEIGHTS_FILE} does not match the weights_sha256 in "
+            f"{CONFIG_FILE} (altered or damaged since the export); re-export the bundle"
+        )
 
 
 def _listing(names: list[str]) -> str:
@@ -332,5 +362,6 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
                 f"{spec.arch!r} from {CONFIG_FILE}: {exc}"
             ) from None
     _check_weights(model, folder / WEIGHTS_FILE)
+    _check_checksum(folder)
     load_model(model, str(folder / WEIGHTS_FILE), strict=True)
     return model.to(device).eval()

@@ -126,6 +126,27 @@ def _edit_config(folder, **changes) -> None:
     (folder / CONFIG_FILE).write_text(json.dumps(config))
 
 
+def test_an_altered_weight_of_the_right_shape_is_caught_by_the_checksum(bundle):
+    tensors = load_file(bundle / WEIGHTS_FILE)
+    tensors["fc.bias"] = tensors["fc.bias"] + 1e-3  # names, shapes and dtypes still fit
+    save_file(tensors, bundle / WEIGHTS_FILE)
+    with pytest.raises(UserError, match=r"does not match the weights_sha256 in config\.json"):
+        load(bundle)
+
+
+def test_bundles_without_a_checksum_still_load_and_a_bad_one_is_named(bundle, resnet_case):
+    config = json.loads((bundle / CONFIG_FILE).read_text())
+    assert len(config["weights_sha256"]) == 64
+    del config["weights_sha256"]  # as written before the field existed
+    (bundle / CONFIG_FILE).write_text(json.dumps(config))
+    x = batch()
+    with torch.no_grad():
+        assert torch.equal(load(bundle)(x), resnet_case.slim.eval()(x))
+    _edit_config(bundle, weights_sha256="not-a-digest")
+    with pytest.raises(UserError, match="weights_sha256 'not-a-digest' is not a sha256"):
+        load(bundle)
+
+
 def test_wrong_architecture_is_rejected(bundle):
     _edit_config(bundle, arch="vgg11_cifar", build_kwargs={"width_mult": 0.25})
     with pytest.raises(UserError, match=r"structure\.json .*does not fit arch 'vgg11_cifar'"):
