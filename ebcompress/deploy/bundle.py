@@ -224,6 +224,14 @@ def resolve_bundle(path: str | os.PathLike[str]) -> Path:
 
 def read_bundle(path: str | os.PathLike[str]) -> tuple[Path, ModelSpec, Ticket | None]:
     """Read and check a bundle's JSON files without building anything."""
+    folder, spec, ticket, _ = _read_bundle(path)
+    return folder, spec, ticket
+
+
+def _read_bundle(
+    path: str | os.PathLike[str],
+) -> tuple[Path, ModelSpec, Ticket | None, str | None]:
+    """:func:`read_bundle`, plus the weights' recorded sha256 (None in older bundles)."""
     folder = resolve_bundle(path)
     config_path = folder / CONFIG_FILE
     where = f"bundle {str(folder)!r}: {CONFIG_FILE}"
@@ -256,13 +264,12 @@ def read_bundle(path: str | os.PathLike[str]) -> tuple[Path, ModelSpec, Ticket |
             f"bundle {str(folder)!r}: {STRUCTURE_FILE} has fingerprint {ticket.fingerprint}, "
             f"{CONFIG_FILE} records {config['fingerprint']}; the files come from different exports"
         )
-    return folder, spec, ticket
+    return folder, spec, ticket, checksum
 
 
-def _check_checksum(folder: Path) -> None:
+def _check_checksum(folder: Path, recorded: str | None) -> None:
     """UserError unless model.safetensors has the digest config.json recorded at export (a
     file whose names and shapes fit can still hold altered values)."""
-    recorded = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")).get("weights_sha256")
     if recorded is not None and _sha256(folder / WEIGHTS_FILE) != recorded:
         raise UserError(
             f"bundle {str(folder)!r}: {WEIGHTS_FILE} does not match the weights_sha256 in "
@@ -337,7 +344,7 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
         device = torch.device(map_location)
     except (RuntimeError, TypeError):
         raise UserError(f"load: map_location {map_location!r} is not a torch device") from None
-    folder, spec, ticket = read_bundle(path)
+    folder, spec, ticket, checksum = _read_bundle(path)
     try:
         model = spec.build_dense()
     except UserError as exc:
@@ -362,6 +369,6 @@ def load(path: str | os.PathLike[str], *, map_location: str | torch.device = "cp
                 f"{spec.arch!r} from {CONFIG_FILE}: {exc}"
             ) from None
     _check_weights(model, folder / WEIGHTS_FILE)
-    _check_checksum(folder)
+    _check_checksum(folder, checksum)
     load_model(model, str(folder / WEIGHTS_FILE), strict=True)
     return model.to(device).eval()
