@@ -9,19 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ebcompress.cli.app import app
-from ebcompress.cli.prune import METHODS_EPILOG, RECIPE_HELP
+from ebcompress.cli.options import METHODS_EPILOG, RECIPE_HELP, parse_ratios
 from ebcompress.errors import UserError
 from ebcompress.methods.catalog import METHODS
 from ebcompress.run.paths import ComparePaths
-
-
-def _floats(text: str, option: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(
-            f"{option} {text!r}: expected comma-separated numbers, e.g. 0.3,0.5"
-        ) from None
 
 
 @app.command(epilog=METHODS_EPILOG)
@@ -37,6 +28,12 @@ def compare(
         [], "--set", help="dotted override, e.g. --set train.lr=0.05"
     ),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+    independent: bool = typer.Option(
+        False,
+        "--independent",
+        help="train every (method, ratio) on its own instead of sharing each method's search "
+        "between its ratios (same results, more training; for measuring the sharing)",
+    ),
 ) -> None:
     """Run each method at each ratio (finished runs are kept) and write compare.{md,csv,json}."""
     from ebcompress.engine import distributed as dist
@@ -48,11 +45,17 @@ def compare(
     for key in keys:
         if key not in METHODS:
             raise UserError(f"--methods: {METHODS.unknown(key)}")
-    points = _floats(ratios, "--ratios") if ratios else [resolved.prune.ratio]
+    points = parse_ratios(ratios, "--ratios") if ratios else [resolved.prune.ratio]
     dist.init_from_env(device)
     folder = out or Path("runs") / f"compare_{resolved.name}"
     result = run_compare(
-        resolved, folder, methods=keys, ratios=points, data_root=data, device=device
+        resolved,
+        folder,
+        methods=keys,
+        ratios=points,
+        data_root=data,
+        device=device,
+        shared=not independent,
     )
     if dist.is_main():
         print_table(result)
@@ -86,3 +89,10 @@ def print_table(result: dict) -> None:
             "",
         )
     Console().print(table)
+    for method, cost in result.get("cost", {}).items():
+        if cost["shared_flops"] < cost["per_ratio_flops"]:
+            Console().print(
+                f"{method}: trained {cost['shared_flops']:.3e} FLOPs in "
+                f"{cost['shared_seconds']:.0f} s for all its ratios, its search shared "
+                f"(separate runs: {cost['per_ratio_flops']:.3e} FLOPs)"
+            )

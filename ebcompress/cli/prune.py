@@ -15,18 +15,13 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from ebcompress.cli.app import app
+from ebcompress.cli.options import METHODS_EPILOG, RECIPE_HELP, parse_ratios
 from ebcompress.methods.catalog import METHODS
 from ebcompress.run.paths import RunPaths
 
 if TYPE_CHECKING:  # imported where used, off the CLI's start-up path
+    from ebcompress.recipe import Recipe
     from ebcompress.report.run_report import RunReport
-
-RECIPE_HELP = "a shipped recipe name (see `ebcompress recipes`) or a path to a YAML file"
-#: What ``--method`` and ``--methods`` accept: the registered methods, each on its own line
-#: below the options (a blank line is a paragraph break in typer's help).
-METHODS_EPILOG = "Methods:\n\n" + "\n\n".join(
-    f"{key}: {info.title}: {info.summary}" for key, info in METHODS.items()
-)
 
 
 @app.command(epilog=METHODS_EPILOG)
@@ -48,6 +43,11 @@ def prune(
     device: str | None = typer.Option(
         None, help="cpu | cuda | cuda:1 (default: cuda if available)"
     ),
+    ratios: str | None = typer.Option(
+        None,
+        help="comma-separated ratios: one run per ratio in OUT/<method>_p<ratio>, sharing "
+        "their search as `ebcompress compare` does (they resume when run again)",
+    ),
 ) -> None:
     """Search for a ticket, slim the network, retrain it, export it and write the report."""
     from ebcompress.engine import distributed as dist
@@ -59,6 +59,9 @@ def prune(
     resolved = load_recipe(recipe, sets)
     dist.init_from_env(device)
     run_dir = out or Path("runs") / resolved.name
+    if ratios is not None:
+        _prune_each_ratio(resolved, run_dir, parse_ratios(ratios, "--ratios"), data, device)
+        return
     run_pipeline(
         resolved,
         run_dir,
@@ -70,6 +73,22 @@ def prune(
     )
     if dist.is_main():
         print_summary(build_report(run_dir), run_dir)
+
+
+def _prune_each_ratio(
+    recipe: Recipe, folder: Path, ratios: list[float], data: str | None, device: str | None
+) -> None:
+    """``prune --ratios``: a compare of the recipe's one method."""
+    from ebcompress.cli.compare import print_table
+    from ebcompress.engine import distributed as dist
+    from ebcompress.run.compare import run_compare
+
+    result = run_compare(
+        recipe, folder, methods=[recipe.prune.method], ratios=ratios, data_root=data, device=device
+    )
+    if dist.is_main():
+        print_table(result)
+        Console().print(f"runs in {folder}; side by side in {folder / 'compare.md'}")
 
 
 def print_summary(report: RunReport, run_dir: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,18 @@ class MaskHistory:
         words = _as_words(np.stack(rows[-self.window :]))
         differing = np.bitwise_count(words[:-1] ^ words[-1]).sum(axis=1, dtype=np.int64)
         return float(differing.max()) / self.num_channels
+
+    def select(self, ratios: Sequence[float]) -> MaskHistory:
+        """A history of the same window holding only ``ratios``' masks (shared rows)."""
+        chosen = MaskHistory(self.window)
+        chosen.num_channels = self.num_channels
+        for ratio in ratios:
+            key = float(ratio)
+            if key not in self._epochs:
+                raise UserError(f"MaskHistory.select: no masks of ratio {ratio!r} recorded")
+            chosen._epochs[key] = list(self._epochs[key])
+            chosen._packed[key] = list(self._packed[key])
+        return chosen
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:

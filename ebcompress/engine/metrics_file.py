@@ -44,3 +44,18 @@ def truncate_phase(path: Path, phase: str, keep_through: int) -> None:
         if entry.get("phase") != phase or entry.get("epoch", 0) <= keep_through
     ]
     write_text_atomic(path, "".join(json.dumps(entry) + "\n" for entry in kept))
+
+
+def copy_phase(source: Path, target: Path, phase: str, through_epoch: int | None = None) -> None:
+    """Give ``target`` the lines ``source`` holds of ``phase`` (up to ``through_epoch``), in
+    place of its own and before its other phases' lines (a run whose search phase was trained
+    in a folder it shares with others)."""
+    copied = [
+        entry
+        for entry in read_entries(source)
+        if entry.get("phase") == phase
+        and (through_epoch is None or entry.get("epoch", 0) <= through_epoch)
+    ]
+    kept = [entry for entry in read_entries(target) if entry.get("phase") != phase]
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target, "".join(json.dumps(entry) + "\n" for entry in [*copied, *kept]))

@@ -33,12 +33,15 @@ from ebcompress.channels.ticket import Ticket
 from ebcompress.cost.flops import TrainingLedger
 from ebcompress.data import DataSplit
 from ebcompress.earlybird.learning import LearningCheck
+from ebcompress.engine import distributed
+from ebcompress.engine.metrics_file import copy_phase
 from ebcompress.engine.trainer import Trainer
 from ebcompress.errors import UserError
 from ebcompress.methods.catalog import METHODS
 from ebcompress.methods.training import build_trainer
 from ebcompress.recipe import Recipe
 from ebcompress.registry import import_target
+from ebcompress.run.paths import RunPaths
 
 
 @dataclass
@@ -59,6 +62,9 @@ class RunContext:
     initial_state: dict[str, torch.Tensor] | None = (
         None  # dense weights at initialisation (LT rewind)
     )
+    # Where the dense search phase checkpoints when several runs share it (compare's shared
+    # phases, :mod:`ebcompress.run.shared`); None: the run directory.
+    shared_search_dir: Path | None = None
 
 
 @dataclass
@@ -148,24 +154,30 @@ def train_dense(
     (default: the whole schedule). Resumable like every phase: a finished search checkpoint is
     loaded, not re-run. Every method's search goes through here.
 
+    With ``run.shared_search_dir`` the phase checkpoints there instead, so the first run of a
+    compare trains it and the others load its finished checkpoint (what a resumed run does);
+    its metrics lines are then copied into the run's own ``metrics.jsonl``.
+
     A dense network whose training top-1 never got clearly above chance
     (:func:`learning_check`) has nothing worth pruning: that is a one-line UserError naming
     what to change, raised before any ticket is drawn or retrained."""
-    recipe = run.recipe
+    recipe, shared = run.recipe, run.shared_search_dir
     trainer = build_trainer(
         run.model,
         run.data,
         recipe,
         "search",
         device=run.device,
-        run_dir=run.run_dir,
+        run_dir=shared or run.run_dir,
         progress=run.progress,
         callbacks=callbacks,
         ledger=run.ledger,
         macs_per_sample=run.dense_macs,
         end_epoch=end_epoch,
     )
-    history = trainer.fit(resume=run.resume)
+    history = trainer.fit(resume=run.resume or shared is not None)
+    if shared is not None and run.run_dir is not None and distributed.is_main():
+        copy_phase(RunPaths(shared).metrics, RunPaths(run.run_dir).metrics, "search")
     check = learning_check(run)
     for stats in history:
         check.update(stats.epoch, train_top1=stats.train_top1, train_loss=stats.train_loss)

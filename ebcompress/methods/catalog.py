@@ -11,6 +11,7 @@ compare's default method list all read them from :data:`METHODS`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ebcompress.baselines.lottery_ticket_options import LotteryTicketOptions
 from ebcompress.baselines.snip_options import SnipOptions
@@ -23,12 +24,19 @@ from ebcompress.registry import Registry, check_target
 class MethodInfo:
     """A method as the catalogue lists it. ``implementation`` is ``"module:Class"`` of its
     :class:`~ebcompress.methods.base.Method`; ``options`` its ``prune.<key>`` section (None:
-    it reads only the shared ``prune`` fields)."""
+    it reads only the shared ``prune`` fields).
+
+    ``shares`` says what several ratios of one recipe can share (:mod:`ebcompress.run.shared`):
+    ``"search"``, one Early-Bird search watching every ratio; ``"dense"``, one dense
+    training, because the method's search trains the full schedule the same way whatever the
+    ratio and draws the ticket afterwards; None, nothing worth sharing (SNIP's search is a
+    few batches at initialisation, which every ratio's run builds from the same seed)."""
 
     title: str
     summary: str
     implementation: str
     options: type[MethodOptions] | None = None
+    shares: Literal["search", "dense"] | None = None
 
     def __post_init__(self) -> None:
         check_target(self.implementation)
@@ -41,6 +49,7 @@ METHODS.register(
         "EB Train",
         "train dense with the BN-L1 penalty and stop as soon as the ticket emerges",
         "ebcompress.methods.eb_train:EarlyBirdTrain",
+        shares="search",
     ),
 )
 METHODS.register(
@@ -49,6 +58,7 @@ METHODS.register(
         "Network slimming",
         "the full dense schedule with the BN-L1 penalty, then prune by BN scale",
         "ebcompress.baselines.network_slimming:NetworkSlimming",
+        shares="dense",
     ),
 )
 METHODS.register(
@@ -58,6 +68,7 @@ METHODS.register(
         "train dense, prune by weight magnitude, rewind the survivors (prune.lt)",
         "ebcompress.baselines.lottery_ticket:LotteryTicket",
         LotteryTicketOptions,
+        shares="dense",
     ),
 )
 METHODS.register(
@@ -76,5 +87,6 @@ METHODS.register(
         "train dense, prune each layer by what the next one needs, rescale (prune.thinet)",
         "ebcompress.baselines.thinet:ThiNet",
         ThiNetOptions,
+        shares="dense",
     ),
 )

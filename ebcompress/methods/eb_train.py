@@ -12,13 +12,15 @@ paper's protocol) or on the rest of the dense schedule (``continue``).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from ebcompress.channels.capped import warn_capped
 from ebcompress.earlybird.detector import EarlyBird
+from ebcompress.earlybird.mask_history import MaskHistory
 from ebcompress.engine import distributed
 from ebcompress.engine.progress import log
 from ebcompress.engine.trainer import EpochStats
@@ -80,13 +82,124 @@ class _DistanceLine:
         return False
 
 
+def _watched(recipe: Recipe, ratio: float) -> list[float]:
+    """The ratios a run of ``ratio`` watches: its own first, then ``prune.watch_ratios``."""
+    return [ratio, *[r for r in recipe.prune.watch_ratios if r != ratio]]
+
+
+def _search_extra(bird: EarlyBird, ratios: Sequence[float]) -> dict[str, Any]:
+    """What a search records of ``ratios`` (one run's watched ratios) so far."""
+    return {
+        "learned_epoch": bird.learning.learned_epoch,
+        "emerged_epochs": {f"{r:g}": bird.emerged_epoch[r] for r in ratios},
+        "window_max_distances": {f"{r:g}": bird.history.window_max_distances(r) for r in ratios},
+    }
+
+
+def _no_ticket_emerged(recipe: Recipe, bird: EarlyBird, ratio: float, epochs: int) -> tuple:
+    """The newest mask at ``ratio`` as the fallback ticket, and the note that says so."""
+    ticket = bird.latest_ticket(ratio)
+    warn_capped(ticket)
+    note = (
+        f"no ticket emerged within {epochs} epochs (epsilon {recipe.prune.epsilon:g}, "
+        f"window {recipe.prune.window}); drew the newest mask instead"
+    )
+    log(note)
+    return ticket, note
+
+
+class RatioOutcome(NamedTuple):
+    """One ratio's share of :func:`search_every_ratio`: what a run of that ratio alone would
+    have at the end of its search."""
+
+    ratio: float
+    outcome: SearchOutcome
+    weights: dict[str, torch.Tensor]  # the dense weights the ticket was drawn from
+    masks: MaskHistory  # the masks of the ratios that run watches, up to its last epoch
+
+
+OutcomeSink = Callable[[RatioOutcome], None]
+
+
+class _UntilEveryRatio:
+    """The detector as an engine callback that stops the search once every ratio in
+    ``until`` has emerged (the detector alone stops at its primary ratio)."""
+
+    def __init__(self, bird: EarlyBird, until: Sequence[float]) -> None:
+        self.bird, self.until = bird, list(until)
+
+    def after_backward(self, model: nn.Module) -> None:
+        self.bird.regularize()
+
+    def end_of_epoch(self, epoch: int, stats: EpochStats) -> bool:
+        self.bird.end_of_epoch(epoch, stats)
+        return all(self.bird.emerged_epoch[r] is not None for r in self.until)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.bird.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bird.load_state_dict(state)
+
+
+class _OutcomeAtEmergence:
+    """After each epoch, hand every ratio that emerged in it to ``sink``, exactly as a run of
+    that ratio alone would have ended its search here."""
+
+    def __init__(self, bird: EarlyBird, model: nn.Module, watched: dict, sink: OutcomeSink):
+        self.bird, self.model, self.watched, self.sink = bird, model, watched, sink
+
+    def end_of_epoch(self, epoch: int, stats: EpochStats) -> bool:
+        for ratio in self.watched:
+            if self.bird.emerged_epoch[ratio] == epoch:
+                self.hand_on(ratio, SearchOutcome(self.bird.tickets[ratio], epoch))
+        return False
+
+    def hand_on(self, ratio: float, outcome: SearchOutcome) -> None:
+        ratios = self.watched[ratio]
+        outcome.extra = _search_extra(self.bird, ratios)
+        weights = distributed.unwrap(self.model).state_dict()
+        self.sink(RatioOutcome(ratio, outcome, weights, self.bird.history.select(ratios)))
+
+
+def search_every_ratio(
+    run: RunContext, ratios: Sequence[float], sink: OutcomeSink, *, pending: Sequence[float]
+) -> None:
+    """One EB search for several ratios of ``run.recipe`` (its ``prune.ratio`` aside).
+
+    The detector watches ``ratios`` (and ``prune.watch_ratios``); the search goes on until
+    each ratio in ``pending`` (some of ``ratios``) has emerged, or to
+    ``prune.max_search_epochs``. In the epoch a pending ratio emerges, ``sink`` gets what a
+    run of that ratio alone would have when its search ended (:class:`RatioOutcome`): the
+    training does not depend on the ratios watched, so the ticket, epoch, weights and record
+    are the same. A pending ratio that never emerged gets the newest mask at the end, as a
+    run of its own would. Resumable from ``run.run_dir``'s search checkpoint: give the same
+    ``ratios`` and, as ``pending``, those not yet handed on.
+    """
+    recipe, prune = run.recipe, run.recipe.prune
+    every = [*dict.fromkeys(r for ratio in ratios for r in _watched(recipe, ratio))]
+    bird = early_bird_for(
+        recipe, run.model, run.example_inputs, every, chance=chance_top1(run.data)
+    )
+    limit = min(prune.max_search_epochs or recipe.train.epochs, recipe.train.epochs)
+    hand_on = _OutcomeAtEmergence(bird, run.model, {r: _watched(recipe, r) for r in pending}, sink)
+    callbacks = [_UntilEveryRatio(bird, pending), _DistanceLine(bird, prune.epsilon), hand_on]
+    trainer = train_dense(run, callbacks, end_epoch=limit)
+    if trainer.last_epoch < limit:
+        return  # stopped because every pending ratio emerged
+    for ratio in pending:
+        if bird.emerged_epoch[ratio] is None:
+            ticket, note = _no_ticket_emerged(recipe, bird, ratio, trainer.last_epoch)
+            hand_on.hand_on(ratio, SearchOutcome(ticket, trainer.last_epoch, False, note))
+
+
 class EarlyBirdTrain:
     """Early-Bird ticket search followed by slim retraining (catalogue key ``eb``)."""
 
     def search(self, run: RunContext) -> SearchOutcome:
         recipe = run.recipe
         prune = recipe.prune
-        ratios = [prune.ratio, *[r for r in prune.watch_ratios if r != prune.ratio]]
+        ratios = _watched(recipe, prune.ratio)
         bird = early_bird_for(
             recipe, run.model, run.example_inputs, ratios, chance=chance_top1(run.data)
         )
@@ -94,22 +207,10 @@ class EarlyBirdTrain:
         trainer = train_dense(run, [bird, _DistanceLine(bird, prune.epsilon)], end_epoch=limit)
         if run.run_dir is not None and distributed.is_main():
             bird.history.save(RunPaths(run.run_dir).masks)
-        extra: dict[str, Any] = {
-            "learned_epoch": bird.learning.learned_epoch,
-            "emerged_epochs": {f"{r:g}": e for r, e in bird.emerged_epoch.items()},
-            "window_max_distances": {
-                f"{r:g}": bird.history.window_max_distances(r) for r in bird.ratios
-            },
-        }
+        extra = _search_extra(bird, ratios)
         if bird.ticket is not None:
             return SearchOutcome(bird.ticket, trainer.last_epoch, emerged=True, extra=extra)
-        ticket = bird.latest_ticket()
-        warn_capped(ticket)
-        note = (
-            f"no ticket emerged within {trainer.last_epoch} epochs (epsilon {prune.epsilon:g}, "
-            f"window {prune.window}); drew the newest mask instead"
-        )
-        log(note)
+        ticket, note = _no_ticket_emerged(recipe, bird, prune.ratio, trainer.last_epoch)
         return SearchOutcome(ticket, trainer.last_epoch, emerged=False, note=note, extra=extra)
 
     def retrain_plan(self, run: RunContext, outcome: SearchOutcome) -> RetrainPlan:

@@ -139,6 +139,10 @@ class ComparePaths:
     def run(self, method: str, ratio: float) -> Path:
         return self.root / run_dir_name(method, ratio)
 
+    def shared(self, name: str) -> Path:
+        """``shared/<name>/``: a phase several runs share (:mod:`ebcompress.run.shared`)."""
+        return self.root / "shared" / name
+
     @property
     def json(self) -> Path:
         return self.root / "compare.json"

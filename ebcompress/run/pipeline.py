@@ -75,8 +75,13 @@ def run_pipeline(
     device: str | None = None,
     progress: bool = True,
     force_resume: bool = False,
+    shared_search_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run ``recipe.prune.method`` end to end into ``out_dir`` and return the report.
+
+    ``shared_search_dir``: the folder of a dense search phase several runs share
+    (:attr:`RunContext.shared_search_dir`, for the methods whose catalogue entry shares
+    ``"dense"``).
 
     A resume whose recipe changes the result is refused (:mod:`ebcompress.run.drift`)
     unless ``force_resume``; accepted changes go to ``recipe_history.jsonl``.
@@ -85,7 +90,7 @@ def run_pipeline(
     plots has its results in state.json already).
     """
     run_dir = Path(out_dir)
-    dev = _training_device(device)
+    dev = training_device(device)
     if dist.is_main():
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     dist.barrier()
@@ -98,9 +103,10 @@ def run_pipeline(
                 _on_rank_0(lambda: check_resume(run_dir, recipe, force=force_resume))
             if dist.is_main():
                 write_text_atomic(RunPaths(run_dir).recipe, recipe.to_yaml())
-            run, dense_cost = _start(
-                recipe, run_dir, data_root=data_root, resume=resume, dev=dev, progress=progress
+            run, dense_cost = start_run(
+                recipe, run_dir, data_root=data_root, resume=resume, device=dev, progress=progress
             )
+            run.shared_search_dir = shared_search_dir
             return _run(run, dense_cost)
         except DivergenceError as exc:
             record_divergence(run_dir, str(exc))
@@ -112,7 +118,7 @@ def _run(run: RunContext, dense_cost: FlopCount) -> dict[str, Any]:
     run_dir, key = run.run_dir, run.recipe.prune.method
     method = get_method(key)
     write_state(run_dir, RunState(status="search", method=key))
-    _seed_phase(run.recipe.seed, "search")
+    seed_phase(run.recipe.seed, "search")
     outcome, plan = search_or_resume(method, run)
     slim_model = _slim_for_retrain(run, outcome, plan)
     write_state(run_dir, RunState(status="retrain", method=key))
@@ -129,23 +135,24 @@ def _input_size(data: DataSplit) -> tuple[int, int, int]:
     return (data.in_chans, data.image_size, data.image_size)
 
 
-def _start(
+def start_run(
     recipe: Recipe,
     run_dir: Path,
     *,
     data_root: str | None,
     resume: bool,
-    dev: torch.device,
+    device: torch.device,
     progress: bool,
 ) -> tuple[RunContext, FlopCount]:
-    """The data, the dense model and its forward cost, and the context every phase shares."""
+    """The data, the dense model and its forward cost, and the context every phase shares
+    (nothing is written: the caller owns ``run_dir``)."""
     data = load_data(data_options(recipe.data), root=data_root, seed=recipe.seed)
     input_size = _input_size(data)
 
     def build_dense(seed_offset: int = 0) -> nn.Module:
         torch.manual_seed(recipe.seed + seed_offset)
         net = build_model(recipe.model.name, data.num_classes, data.in_chans, **recipe.model.kwargs)
-        return net.to(dev)
+        return net.to(device)
 
     model = build_dense()
     zero_init = find_zero_init_bn(model)
@@ -155,7 +162,8 @@ def _start(
             f"(zero-init, e.g. {zero_init[0]}); BN-scale rankings (EB, network slimming) leave "
             "them out of their groups' importance, so they cannot sink those groups"
         )
-    example_inputs = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0)).to(dev)
+    generator = torch.Generator().manual_seed(0)
+    example_inputs = torch.randn(1, *input_size, generator=generator).to(device)
     dense_cost = _first_forward(recipe, model, input_size)
     run = RunContext(
         recipe=recipe,
@@ -164,7 +172,7 @@ def _start(
         example_inputs=example_inputs,
         run_dir=run_dir,
         ledger=TrainingLedger(),
-        device=dev,
+        device=device,
         dense_macs=dense_cost.macs,
         resume=resume,
         progress=progress,
@@ -186,7 +194,7 @@ def _retrain(run: RunContext, slim_model: nn.Module, plan: RetrainPlan) -> _Retr
     recipe, data, dev, run_dir, ledger = run.recipe, run.data, run.device, run.run_dir, run.ledger
     progress = run.progress
     slim_cost = count_flops(slim_model, _input_size(data))
-    _seed_phase(recipe.seed, "retrain")
+    seed_phase(recipe.seed, "retrain")
     trainer = build_trainer(
         slim_model,
         data,
@@ -247,7 +255,7 @@ def _on_rank_0(check: Callable[[], object]) -> None:
         raise UserError(message)
 
 
-def _training_device(device: str | None) -> torch.device:
+def training_device(device: str | None) -> torch.device:
     """``--device`` (default: cuda when available) checked before anything is written."""
     name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -280,7 +288,7 @@ def _first_forward(recipe: Recipe, model: nn.Module, input_size: tuple[int, int,
         ) from exc
 
 
-def _seed_phase(seed: int, phase: str) -> None:
+def seed_phase(seed: int, phase: str) -> None:
     """Seed the global RNGs at a phase boundary, so a run resumed there draws what an
     uninterrupted one would (inside a phase the checkpoint carries the RNG states)."""
     offset = {"search": 0, "retrain": 1_000_003}[phase]

@@ -51,6 +51,8 @@ def search_or_resume(method: Method, run: RunContext) -> tuple[SearchOutcome, Re
         )
         return outcome, plan
     outcome = method.search(run)
+    if run.shared_search_dir is not None:  # the compare's real cost counts this search once
+        outcome.extra["shared_search"] = run.shared_search_dir.name
     check_ticket_agrees_across_ranks(outcome.ticket, run.device)
     plan = method.retrain_plan(run, outcome)
     if dist.is_main():

@@ -34,6 +34,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
         (["prune", "--recipe", "/no/such.yaml"], "does not exist"),
         (["prune"], "Missing option '--recipe'"),
         (["prune", "--recipe", "quickstart", "--bogus"], "No such option"),
+        (["prune", "--recipe", "quickstart", "--ratios", "0.3,x"], "--ratios '0.3,x'"),
+        (["prune", "--recipe", "quickstart", "--ratios", "0.3,1.5"], "outside (0, 1)"),
         (["flops", "vgg16_cifar", "--epochs", "3"], "give both --epochs and --samples"),
         (["flops", "no_such_model_xyz"], "no_such_model_xyz"),
     ],
@@ -128,3 +130,20 @@ def test_console_script_entry_point_runs_as_a_module() -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: unknown recipe 'nope'")
+
+
+@pytest.mark.slow
+def test_prune_with_several_ratios_runs_each_sharing_one_search(capsys, tmp_path) -> None:
+    sets = ["train.epochs=3", "train.milestones=[2]", "data.train_subset=192"]
+    sets += ["data.test_subset=96", "prune.window=2", "retrain.epochs=1"]
+    argv = ["prune", "--recipe", "quickstart", "--out", str(tmp_path), "--ratios", "0.3,0.7"]
+    code, out, err = run_cli(capsys, *argv, *[a for s in sets for a in ("--set", s)])
+    assert code == 0, err
+    assert "eb_p30" in {p.name for p in tmp_path.iterdir()} and (tmp_path / "eb_p70").is_dir()
+    assert (tmp_path / "shared" / "eb_p30_p70" / "recipe.yaml").is_file()
+    rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
+    assert [(r["method"], r["ratio"], r["shared_search"]) for r in rows] == [
+        ("eb", 0.3, "eb_p30_p70"),
+        ("eb", 0.7, "eb_p30_p70"),
+    ]
+    assert "compare.md" in out

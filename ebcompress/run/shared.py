@@ -1,0 +1,185 @@
+"""The phases several ratios of one compare share, trained once.
+
+A compare of one method at several ratios would otherwise train the same thing once per
+ratio: network slimming, LT and ThiNet their whole dense schedule (whose training does not
+depend on the ratio; only the ticket drawn afterwards does), Early-Bird one search per ratio
+where a single search already watches them all. The catalogue says what each method shares
+(:attr:`~ebcompress.methods.catalog.MethodInfo.shares`):
+
+``"search"`` (EB)
+    :func:`share_early_bird_search` runs one search in ``shared/eb_p30_p50_p70/`` watching
+    every ratio and writes each ratio's search result into its run directory in the epoch
+    its ticket emerges: the ticket, that epoch's dense weights, the masks and the ledger so
+    far, exactly what a run of that ratio alone saves when its search ends
+    (:mod:`ebcompress.run.search_result`). The ratio's pipeline then resumes past its search
+    and only retrains.
+``"dense"`` (NS, LT, ThiNet)
+    :func:`dense_search_dir` names ``shared/<method>/``, where every ratio's run trains (the
+    first) or loads (the others) the dense search phase's checkpoint
+    (:attr:`~ebcompress.methods.base.RunContext.shared_search_dir`).
+
+Each ratio's ledger still holds its own cost the way the paper counts it: the search up to
+its ticket plus its retraining. :func:`shared_cost` is what the compare really trained.
+
+Each shared folder keeps the recipe it was trained with (``recipe.yaml``, the fields that may
+differ between ratios left out); a later compare whose recipe would change what it holds is
+refused in one line. A ratio whose search result cannot come from the shared phase (its
+result was deleted after the shared search passed it) simply searches on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ebcompress.atomic import write_text_atomic
+from ebcompress.engine import distributed as dist
+from ebcompress.engine.metrics_file import copy_phase, read_entries
+from ebcompress.engine.progress import log
+from ebcompress.errors import UserError
+from ebcompress.methods.eb_train import EarlyBirdTrain, RatioOutcome, search_every_ratio
+from ebcompress.recipe import Recipe
+from ebcompress.run.drift import HARMLESS, check_resume, recipe_changes
+from ebcompress.run.paths import ComparePaths, RunPaths, run_dir_name
+from ebcompress.run.pipeline import seed_phase, start_run, training_device
+from ebcompress.run.search_result import save_search_result
+from ebcompress.run.state import RunState, existing_state, prepare_run_dir, write_state
+
+#: Fields the ratios of one compare differ in, which a shared phase does not depend on.
+PER_RATIO = ("ratio", "watch_ratios")
+
+
+def searched(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is past its search: a saved search result, or finished."""
+    state = existing_state(run_dir) if run_dir.is_dir() else None
+    return RunPaths(run_dir).search_outcome.is_file() or (state is not None and state.finished)
+
+
+def dense_search_dir(out: ComparePaths, method: str, recipe: Recipe) -> Path:
+    """``shared/<method>/``, the dense search phase every ratio of ``method`` shares,
+    claimed for ``recipe`` (:func:`claim`)."""
+    folder = out.shared(method)
+    claim(folder, recipe, f"dense {method} training")
+    return folder
+
+
+def claim(folder: Path, recipe: Recipe, what: str) -> None:
+    """Record ``recipe`` (less :data:`PER_RATIO`) in ``folder/recipe.yaml``, or refuse it in
+    one line when the folder holds ``what`` trained with a recipe that changes the result."""
+    given = _shared_fields(recipe)
+    path = RunPaths(folder).recipe
+    if path.is_file():
+        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
+        changes = [c for c in recipe_changes(stored or {}, given) if c.field not in HARMLESS]
+        if changes:
+            listed = "; ".join(f"{c.field}: {c.stored!r} -> {c.given!r}" for c in changes)
+            raise UserError(
+                f"{str(folder)!r} holds the {what} of another recipe ({listed}); use another "
+                "--out, or delete that folder to train it again"
+            )
+    elif dist.is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, yaml.safe_dump(given, sort_keys=False))
+
+
+def _shared_fields(recipe: Recipe) -> dict[str, Any]:
+    fields = recipe.to_dict()
+    fields["prune"] = {k: v for k, v in fields["prune"].items() if k not in PER_RATIO}
+    return fields
+
+
+def share_early_bird_search(
+    variants: Mapping[float, Recipe],
+    out: ComparePaths,
+    *,
+    data_root: str | None,
+    device: str | None,
+    progress: bool,
+) -> None:
+    """One EB search for every ratio of ``variants`` (ratio -> that ratio's recipe) whose run
+    directory is not past its search yet; see the module docstring."""
+    ratios = list(variants)
+    pending = [r for r in ratios if not searched(out.run("eb", r))]
+    if not pending:
+        return
+    base = variants[ratios[0]]
+    folder = out.shared("eb_" + "_".join(run_dir_name("", r)[1:] for r in ratios))
+    claim(folder, base, "Early-Bird search")
+    dist.barrier()
+    log(f"one Early-Bird search for p = {', '.join(f'{r:g}' for r in pending)} in {folder}")
+    run, _ = start_run(
+        base,
+        folder,
+        data_root=data_root,
+        resume=True,
+        device=training_device(device),
+        progress=progress,
+    )
+    method = EarlyBirdTrain()
+
+    def hand_on(share: RatioOutcome) -> None:
+        if not dist.is_main():
+            return
+        variant, run_dir = variants[share.ratio], out.run("eb", share.ratio)
+        ratio_run = replace(run, recipe=variant, run_dir=run_dir)
+        plan = method.retrain_plan(ratio_run, share.outcome)
+        prepare_run_dir(run_dir, resume=True, overwrite=False)
+        check_resume(run_dir, variant)
+        paths = RunPaths(run_dir)
+        write_text_atomic(paths.recipe, variant.to_yaml())
+        write_state(run_dir, RunState(status="search", method="eb"))
+        share.masks.save(paths.masks)
+        share.outcome.ticket.save(paths.ticket)
+        share.outcome.extra["shared_search"] = folder.name
+        start = None if plan.reinit else share.weights
+        save_search_result(run_dir, share.outcome, plan, start, run.ledger)
+        log(f"p={share.ratio:g}: search result at epoch {share.outcome.search_epochs} saved")
+
+    seed_phase(base.seed, "search")
+    search_every_ratio(run, ratios, hand_on, pending=pending)
+    if dist.is_main():
+        _copy_search_metrics(folder, [out.run("eb", r) for r in ratios])
+
+
+def _copy_search_metrics(folder: Path, run_dirs: Iterable[Path]) -> None:
+    """Each run's search epochs, from the shared search's metrics, into its metrics.jsonl
+    (a run's own lines are written after the epoch its result was handed on in)."""
+    source = RunPaths(folder).metrics
+    for run_dir in run_dirs:
+        paths = RunPaths(run_dir)
+        if not paths.search_outcome.is_file():
+            continue
+        if any(e.get("phase") == "search" for e in read_entries(paths.metrics)):
+            continue
+        epochs = json.loads(paths.search_outcome.read_text(encoding="utf-8"))["search_epochs"]
+        copy_phase(source, paths.metrics, "search", through_epoch=epochs)
+
+
+def shared_cost(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per method, what the compare really trained: each shared search once (the longest any
+    of its ratios needed, since one run served them all) plus every ratio's own phases.
+
+    ``rows`` are compare rows: ``total_flops``, ``seconds``, ``search_flops``,
+    ``search_seconds`` and ``shared_search`` (the shared folder's name, or None for a run
+    that searched on its own)."""
+    cost: dict[str, dict[str, float]] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        entry = {
+            "per_ratio_flops": sum(r["total_flops"] for r in mine),
+            "per_ratio_seconds": sum(r["seconds"] for r in mine),
+        }
+        flops, seconds = entry["per_ratio_flops"], entry["per_ratio_seconds"]
+        for folder in {r["shared_search"] for r in mine if r.get("shared_search")}:
+            group = [r for r in mine if r.get("shared_search") == folder]
+            flops -= sum(r["search_flops"] for r in group) - max(r["search_flops"] for r in group)
+            seconds -= sum(r["search_seconds"] for r in group) - max(
+                r["search_seconds"] for r in group
+            )
+        cost[method] = {**entry, "shared_flops": flops, "shared_seconds": seconds}
+    return cost
