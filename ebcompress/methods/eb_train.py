@@ -214,7 +214,10 @@ class EarlyBirdTrain:
         return SearchOutcome(ticket, trainer.last_epoch, emerged=False, note=note, extra=extra)
 
     def retrain_plan(self, run: RunContext, outcome: SearchOutcome) -> RetrainPlan:
-        start, end = retrain_epochs_after_search(run.recipe, outcome.search_epochs)
-        return RetrainPlan(
-            start_epoch=start, end_epoch=end, reinit=run.recipe.retrain.mode == "reinit"
-        )
+        return retrain_plan_for(run.recipe, outcome)
+
+
+def retrain_plan_for(recipe: Recipe, outcome: SearchOutcome) -> RetrainPlan:
+    """EB's retraining of ``outcome``'s ticket under ``recipe``'s ``retrain`` section."""
+    start, end = retrain_epochs_after_search(recipe, outcome.search_epochs)
+    return RetrainPlan(start_epoch=start, end_epoch=end, reinit=recipe.retrain.mode == "reinit")

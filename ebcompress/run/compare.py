@@ -52,11 +52,14 @@ def run_compare(
     device: str | None = None,
     progress: bool = True,
     shared: bool = True,
+    shared_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Run every (method, ratio) not yet finished, then write compare.{json,csv,md}.
 
-    ``shared`` trains each method's shared phases once (module docstring); ``False`` runs
-    every (method, ratio) on its own, as separate ``ebcompress prune`` runs would. One
+    ``shared`` trains each method's shared phases once (module docstring), in
+    ``shared_dir`` (default ``OUT/shared``: compares of one recipe that differ only in its
+    ``retrain`` or ``export`` sections may name one folder); ``False`` runs every (method,
+    ratio) on its own, as separate ``ebcompress prune`` runs would. One
     process at a time writes a compare folder. Under data parallelism every rank trains;
     rank 0 alone reads the runs back and writes the comparison (the others return an empty
     dict, as :func:`run_pipeline` does)."""
@@ -65,10 +68,12 @@ def run_compare(
     for ratio in ratios:
         if not 0 < ratio < 1:
             raise UserError(f"--ratios: {ratio:g} is outside (0, 1)")
-    out = ComparePaths(out_dir)
-    if dist.is_main():
-        out.root.mkdir(parents=True, exist_ok=True)
-    with run_lock(out.root) if dist.is_main() else contextlib.nullcontext():
+    out = ComparePaths(out_dir, shared_dir)
+    with contextlib.ExitStack() as locks:
+        if dist.is_main():
+            for folder in (out.root, *([out.shared_root] if shared_dir is not None else [])):
+                folder.mkdir(parents=True, exist_ok=True)
+                locks.enter_context(run_lock(folder))
         rows = _run_all(recipe, out, methods, ratios, data_root, device, progress, shared)
     return write_compare(out.root, recipe.name, rows) if dist.is_main() else {}
 

@@ -129,19 +129,27 @@ def run_dir_name(method: str, ratio: float) -> str:
 
 @dataclass(frozen=True)
 class ComparePaths:
-    """The files of a compare folder ``root``, beside its run directories."""
+    """The files of a compare folder ``root``, beside its run directories; its shared phases
+    live in ``root/shared`` unless ``shared_root`` names another folder (one that compares
+    differing only in their ``retrain`` protocol can share)."""
 
     root: Path
+    shared_root: Path
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], shared_root: str | os.PathLike[str] | None = None
+    ) -> None:
         object.__setattr__(self, "root", Path(root))
+        object.__setattr__(
+            self, "shared_root", Path(root, "shared") if shared_root is None else Path(shared_root)
+        )
 
     def run(self, method: str, ratio: float) -> Path:
         return self.root / run_dir_name(method, ratio)
 
     def shared(self, name: str) -> Path:
         """``shared/<name>/``: a phase several runs share (:mod:`ebcompress.run.shared`)."""
-        return self.root / "shared" / name
+        return self.shared_root / name
 
     @property
     def json(self) -> Path:

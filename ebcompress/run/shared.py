@@ -31,27 +31,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ebcompress.atomic import write_text_atomic
+from ebcompress.cost.flops import TrainingLedger
+from ebcompress.earlybird.mask_history import MaskHistory
 from ebcompress.engine import distributed as dist
 from ebcompress.engine.metrics_file import copy_phase, read_entries
 from ebcompress.engine.progress import log
 from ebcompress.errors import UserError
-from ebcompress.methods.eb_train import EarlyBirdTrain, RatioOutcome, search_every_ratio
+from ebcompress.methods.eb_train import RatioOutcome, retrain_plan_for, search_every_ratio
 from ebcompress.recipe import Recipe
 from ebcompress.run.drift import HARMLESS, check_resume, recipe_changes
 from ebcompress.run.paths import ComparePaths, RunPaths, run_dir_name
 from ebcompress.run.pipeline import seed_phase, start_run, training_device
-from ebcompress.run.search_result import save_search_result
+from ebcompress.run.search_result import load_search_result, save_search_result
 from ebcompress.run.state import RunState, existing_state, prepare_run_dir, write_state
 
 #: Fields the ratios of one compare differ in, which a shared phase does not depend on.
 PER_RATIO = ("ratio", "watch_ratios")
+#: Sections no search reads: compares that differ only in them can share one ``shared/``.
+AFTER_THE_SEARCH = ("retrain", "export")
 
 
 def searched(run_dir: Path) -> bool:
@@ -69,7 +72,8 @@ def dense_search_dir(out: ComparePaths, method: str, recipe: Recipe) -> Path:
 
 
 def claim(folder: Path, recipe: Recipe, what: str) -> None:
-    """Record ``recipe`` (less :data:`PER_RATIO`) in ``folder/recipe.yaml``, or refuse it in
+    """Record ``recipe`` (less :data:`PER_RATIO` and :data:`AFTER_THE_SEARCH`) in
+    ``folder/recipe.yaml``, or refuse it in
     one line when the folder holds ``what`` trained with a recipe that changes the result."""
     given = _shared_fields(recipe)
     path = RunPaths(folder).recipe
@@ -88,7 +92,7 @@ def claim(folder: Path, recipe: Recipe, what: str) -> None:
 
 
 def _shared_fields(recipe: Recipe) -> dict[str, Any]:
-    fields = recipe.to_dict()
+    fields = {k: v for k, v in recipe.to_dict().items() if k not in AFTER_THE_SEARCH}
     fields["prune"] = {k: v for k, v in fields["prune"].items() if k not in PER_RATIO}
     return fields
 
@@ -102,15 +106,37 @@ def share_early_bird_search(
     progress: bool,
 ) -> None:
     """One EB search for every ratio of ``variants`` (ratio -> that ratio's recipe) whose run
-    directory is not past its search yet; see the module docstring."""
+    directory is not past its search yet; see the module docstring. Each ratio's result is
+    kept in the shared folder as well (``p30/``: ticket, masks, weights, ledger), so a run
+    directory made later (another ``retrain`` protocol, a deleted run) is served from it."""
     ratios = list(variants)
-    pending = [r for r in ratios if not searched(out.run("eb", r))]
-    if not pending:
-        return
-    base = variants[ratios[0]]
-    folder = out.shared("eb_" + "_".join(run_dir_name("", r)[1:] for r in ratios))
-    claim(folder, base, "Early-Bird search")
+    folder = out.shared("eb_" + "_".join(_ratio_name(r) for r in ratios))
+    if not all(searched(out.run("eb", r)) for r in ratios):
+        claim(folder, variants[ratios[0]], "Early-Bird search")
+        dist.barrier()
+    for ratio in ratios:
+        if dist.is_main() and not searched(out.run("eb", ratio)):
+            _serve(folder, ratio, variants[ratio], out.run("eb", ratio))
     dist.barrier()
+    pending = [r for r in ratios if not searched(out.run("eb", r))]
+    if pending:
+        _search(folder, variants, pending, out, data_root, device, progress)
+    if dist.is_main():
+        _copy_search_metrics(folder, [out.run("eb", r) for r in ratios])
+
+
+def _search(
+    folder: Path,
+    variants: Mapping[float, Recipe],
+    pending: list[float],
+    out: ComparePaths,
+    data_root: str | None,
+    device: str | None,
+    progress: bool,
+) -> None:
+    """Run (or resume) the shared search in ``folder`` for the ``pending`` ratios."""
+    ratios = list(variants)
+    base = variants[ratios[0]]
     log(f"one Early-Bird search for p = {', '.join(f'{r:g}' for r in pending)} in {folder}")
     run, _ = start_run(
         base,
@@ -120,30 +146,47 @@ def share_early_bird_search(
         device=training_device(device),
         progress=progress,
     )
-    method = EarlyBirdTrain()
 
     def hand_on(share: RatioOutcome) -> None:
         if not dist.is_main():
             return
-        variant, run_dir = variants[share.ratio], out.run("eb", share.ratio)
-        ratio_run = replace(run, recipe=variant, run_dir=run_dir)
-        plan = method.retrain_plan(ratio_run, share.outcome)
-        prepare_run_dir(run_dir, resume=True, overwrite=False)
-        check_resume(run_dir, variant)
-        paths = RunPaths(run_dir)
-        write_text_atomic(paths.recipe, variant.to_yaml())
-        write_state(run_dir, RunState(status="search", method="eb"))
-        share.masks.save(paths.masks)
-        share.outcome.ticket.save(paths.ticket)
         share.outcome.extra["shared_search"] = folder.name
-        start = None if plan.reinit else share.weights
-        save_search_result(run_dir, share.outcome, plan, start, run.ledger)
+        snapshot = folder / _ratio_name(share.ratio)
+        share.masks.save(RunPaths(snapshot).masks)
+        share.outcome.ticket.save(RunPaths(snapshot).ticket)
+        plan = retrain_plan_for(variants[share.ratio], share.outcome)
+        save_search_result(snapshot, share.outcome, plan, share.weights, run.ledger)
+        _serve(folder, share.ratio, variants[share.ratio], out.run("eb", share.ratio))
         log(f"p={share.ratio:g}: search result at epoch {share.outcome.search_epochs} saved")
 
     seed_phase(base.seed, "search")
     search_every_ratio(run, ratios, hand_on, pending=pending)
-    if dist.is_main():
-        _copy_search_metrics(folder, [out.run("eb", r) for r in ratios])
+
+
+def _serve(folder: Path, ratio: float, variant: Recipe, run_dir: Path) -> None:
+    """Write ``run_dir`` as a run of ``variant`` past its search, from the shared search's
+    result for ``ratio``; nothing when the search has not reached that ratio's ticket."""
+    snapshot = folder / _ratio_name(ratio)
+    saved = load_search_result(snapshot)
+    if saved is None:
+        return
+    outcome, _, ledger = saved
+    weights, outcome.start_state = outcome.start_state, None  # EB retrains the searched model
+    plan = retrain_plan_for(variant, outcome)
+    prepare_run_dir(run_dir, resume=True, overwrite=False)
+    check_resume(run_dir, variant)
+    paths = RunPaths(run_dir)
+    write_text_atomic(paths.recipe, variant.to_yaml())
+    write_state(run_dir, RunState(status="search", method="eb"))
+    MaskHistory.load(RunPaths(snapshot).masks).save(paths.masks)
+    outcome.ticket.save(paths.ticket)
+    save_search_result(
+        run_dir, outcome, plan, None if plan.reinit else weights, TrainingLedger.from_dict(ledger)
+    )
+
+
+def _ratio_name(ratio: float) -> str:
+    return run_dir_name("", ratio)[1:]  # p30
 
 
 def _copy_search_metrics(folder: Path, run_dirs: Iterable[Path]) -> None:

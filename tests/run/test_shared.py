@@ -4,6 +4,7 @@ each shared phase trained once, resumable wherever it stops."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -190,3 +191,32 @@ def test_a_compare_killed_after_the_shared_dense_training_resumes_without_traini
         recipe, tmp_path / "alone", methods=["ns"], ratios=RATIOS, progress=False, shared=False
     )
     _same_runs(tmp_path / "shared", tmp_path / "alone", ["ns_p30", "ns_p70"])
+
+
+@pytest.mark.slow
+def test_a_second_retrain_protocol_reuses_the_shared_searches(tmp_path, monkeypatch) -> None:
+    import ebcompress.methods.base as base
+
+    paper = load_recipe("quickstart", TINY)
+    finetune = load_recipe("quickstart", [*TINY, "retrain.schedule=continue", "retrain.epochs=1"])
+    common = {"methods": ["eb", "ns"], "ratios": RATIOS, "progress": False}
+    run_compare(paper, tmp_path / "paper", shared_dir=tmp_path / "searches", **common)
+    fits = []
+    fit = base.Trainer.fit
+
+    def counting_fit(self, resume=False):
+        fits.append((self.config.phase, resume))
+        return fit(self, resume)
+
+    monkeypatch.setattr(base.Trainer, "fit", counting_fit)
+    dense = tmp_path / "searches" / "ns" / "checkpoints" / "search" / "last.pt"
+    written = dense.stat().st_mtime_ns
+    shutil.rmtree(tmp_path / "paper" / "eb_p70")  # served from the shared search's record
+    run_compare(paper, tmp_path / "paper", shared_dir=tmp_path / "searches", **common)
+    run_compare(finetune, tmp_path / "finetune", shared_dir=tmp_path / "searches", **common)
+    # no EB search ran; NS's two ratios loaded the finished dense phase without training it
+    assert [f for f in fits if f[0] == "search"] == [("search", True), ("search", True)]
+    assert dense.stat().st_mtime_ns == written
+    monkeypatch.undo()
+    run_compare(finetune, tmp_path / "alone", shared=False, **common)
+    _same_runs(tmp_path / "finetune", tmp_path / "alone", ["eb_p30", "eb_p70", "ns_p30", "ns_p70"])
