@@ -28,6 +28,12 @@ def compare(
         [], "--set", help="dotted override, e.g. --set train.lr=0.05"
     ),
     device: str | None = typer.Option(None, help="cpu | cuda (default: cuda if available)"),
+    shared_dir: Path | None = typer.Option(
+        None,
+        "--shared-dir",
+        help="folder of the shared searches (default OUT/shared); compares of one recipe that "
+        "differ only in retrain.* may name the same one",
+    ),
     independent: bool = typer.Option(
         False,
         "--independent",
@@ -56,6 +62,7 @@ def compare(
         data_root=data,
         device=device,
         shared=not independent,
+        shared_dir=shared_dir,
     )
     if dist.is_main():
         print_table(result)
