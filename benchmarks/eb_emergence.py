@@ -1,6 +1,6 @@
-"""Do early tickets match late ones? The paper's Figure 1 on real Fashion-MNIST.
+"""Do early tickets match late ones? The paper's Figure 1 on real Fashion-MNIST, over seeds.
 
-One dense run with the BN-L1 penalty trains the recipe's whole schedule while an
+Per seed, one dense run with the BN-L1 penalty trains the recipe's whole schedule while an
 :class:`ebcompress.EarlyBird` detector records every epoch's mask at each ratio and never
 stops it. The dense weights and masks are kept at fixed draw epochs (the paper's 2, 5, 10,
 20, 40 that fall inside the schedule, plus the final epoch) and at the epoch where the mask
@@ -8,23 +8,27 @@ distance detected emergence. Each ticket is then slimmed with :func:`ebcompress.
 retrained the same way: inheriting its weights, on the dense schedule restarted from epoch 0
 (You et al., ICLR 2020, Sec. 3.1: "for retraining the tickets, we keep the same setting"),
 ``--retrain-epochs`` long (default: the recipe's epochs, milestones scaled). With
-``--set retrain.mode=reinit`` every ticket restarts from the same fresh initialisation
-instead, so only its structure differs (the paper's reference code did this unawares).
+``--set retrain.mode=reinit`` every ticket restarts from its seed's fresh initialisation
+instead, so only its structure differs (the paper's reference code did this unawares). A seed
+is the recipe's ``seed``: initialisation, data order and the train/test subsets.
 
-Writes ``<results>/<stem>.{json,md,png}``: retrain accuracy against draw epoch per ratio, the
-emergence epoch marked, the dense model's accuracy as a dashed line, and the window's mask
-distance per epoch next to epsilon. The JSON is rewritten after every retrained ticket, so
-an interrupted run keeps what it finished.
+Writes ``<results>/<stem>.{json,md,png}``: per ratio the mean retrain accuracy against draw
+epoch with min-max bars over seeds, each seed's emergence marked, the dense accuracy dashed,
+and the target "the detected tickets are within 0.3 points of the final ones at every ratio"
+judged on the paired (by seed) difference with its 95 % interval. Resumable: each seed's dense
+search (its snapshots go to ``--runs``, checksummed in the JSON) and each retrained ticket is
+written atomically as it finishes, and a rerun with the same arguments does only what is
+missing; a different config is refused (``--fresh`` starts over).
 
-    python benchmarks/eb_emergence.py                  # full
-    python benchmarks/eb_emergence.py --budget short   # minutes
+    python benchmarks/eb_emergence.py                        # full: seeds 0,1,2
+    python benchmarks/eb_emergence.py --budget short         # minutes, seed 0
+    python benchmarks/eb_emergence.py --budget fullscale     # all 60k/10k images, 28 px: hours
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,14 +38,17 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import RESULTS, SHORT_OVERRIDES, machine_line  # noqa: E402
+from _emergence_report import markdown, plot, summarize  # noqa: E402
+from _emergence_store import FORMAT, load_snapshots, open_results, save_snapshots  # noqa: E402
+from _seed_stats import provenance  # noqa: E402
+from _shared import RESULTS, SHORT_OVERRIDES  # noqa: E402
 from eb_vs_baselines import budget_stem  # noqa: E402
 
+from ebcompress.atomic import write_text_atomic  # noqa: E402
 from ebcompress.channels.slim import slim  # noqa: E402
 from ebcompress.channels.ticket import Ticket  # noqa: E402
 from ebcompress.cost.flops import count_flops, training_flops  # noqa: E402
 from ebcompress.data import DataSplit, load_data  # noqa: E402
-from ebcompress.deploy.bench import machine_info  # noqa: E402
 from ebcompress.earlybird.detector import EarlyBird  # noqa: E402
 from ebcompress.engine.stats import EpochStats  # noqa: E402
 from ebcompress.errors import UserError  # noqa: E402
@@ -51,17 +58,16 @@ from ebcompress.methods.eb_train import early_bird_for  # noqa: E402
 from ebcompress.methods.training import build_trainer, retrain_schedule  # noqa: E402
 from ebcompress.models import build_model  # noqa: E402
 from ebcompress.recipe import Recipe, load_recipe  # noqa: E402
-from ebcompress.report.plots import new_figure, save_figure  # noqa: E402
 
 PAPER_DRAW_EPOCHS = (2, 5, 10, 20, 40)
 EPSILONS = (0.05, 0.08, 0.1, 0.12, 0.15, 0.2)  # what-if thresholds, read off the recorded run
 RATIOS = (0.3, 0.5, 0.7)
+# The whole of Fashion-MNIST at its own size: 60,000 train / 10,000 test images, 28 px.
+FULLSCALE_OVERRIDES = ("data.image_size=28", "data.train_subset=null", "data.test_subset=null")
 BUDGETS: dict[str, dict[str, Any]] = {
-    "full": {"overrides": (), "retrain_epochs": None},
-    "short": {
-        "overrides": SHORT_OVERRIDES,
-        "retrain_epochs": 5,
-    },
+    "full": {"overrides": (), "retrain_epochs": None, "seeds": (0, 1, 2)},
+    "short": {"overrides": SHORT_OVERRIDES, "retrain_epochs": 5, "seeds": (0,)},
+    "fullscale": {"overrides": FULLSCALE_OVERRIDES, "retrain_epochs": None, "seeds": (0, 1, 2)},
 }
 
 
@@ -80,7 +86,8 @@ class DrawRecorder:
         self.bird.regularize()
 
     def end_of_epoch(self, epoch: int, stats: EpochStats) -> bool:
-        self.bird.step(epoch)
+        # with the training metrics, as the pipeline's EB: no ticket before the net learned
+        self.bird.end_of_epoch(epoch, stats)
         self.test_top1[epoch] = stats.test_top1
         emerged_now = epoch in self.bird.emerged_epoch.values()
         if epoch in self.draw_epochs or emerged_now:
@@ -168,111 +175,124 @@ def retrain_ticket(
     }
 
 
-def plot(result: dict[str, Any], path: Path) -> Path:
-    """Left: retrain top-1 vs draw epoch per ratio, emergence starred, dense dashed.
-    Right: the window's max mask distance per epoch per ratio, with epsilon."""
-    figure = new_figure(10, 4)
-    acc_ax, dist_ax = figure.subplots(1, 2)
-    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
-    for index, ratio in enumerate(result["ratios"]):
-        colour = colours[index % len(colours)]
-        points = sorted(
-            (p for p in result["points"] if p["ratio"] == ratio), key=lambda p: p["draw_epoch"]
-        )
-        if points:
-            acc_ax.plot(
-                [p["draw_epoch"] for p in points],
-                [100 * p["test_top1"] for p in points],
-                marker="o",
-                color=colour,
-                label=f"p={ratio:g}",
-            )
-        emerged = result["emerged_epochs"].get(f"{ratio:g}")
-        star = [p for p in points if p["draw_epoch"] == emerged]
-        if star:
-            acc_ax.plot(emerged, 100 * star[0]["test_top1"], marker="*", ms=16, color=colour)
-        if emerged is not None:
-            acc_ax.axvline(emerged, color=colour, ls=":", lw=1)
-        trace = result["window_max_distances"][f"{ratio:g}"]
-        epochs = [e for e, d in enumerate(trace, start=1) if d is not None]
-        dist_ax.plot(
-            epochs, [d for d in trace if d is not None], color=colour, label=f"p={ratio:g}"
-        )
-    acc_ax.axhline(100 * result["dense"]["test_top1"], color="grey", ls="--", label="dense")
-    acc_ax.set_xlabel("epoch the ticket was drawn at (star: detected emergence)")
-    acc_ax.set_ylabel("retrain top-1 (%)")
-    acc_ax.legend(fontsize=8)
-    acc_ax.set_title("retraining accuracy of tickets drawn at each epoch", fontsize=10)
-    dist_ax.axhline(result["recipe"]["prune"]["epsilon"], color="grey", ls="--", label="epsilon")
-    dist_ax.set_xlabel("epoch")
-    dist_ax.set_ylabel(f"max mask distance in window of {result['recipe']['prune']['window']}")
-    dist_ax.legend(fontsize=8)
-    dist_ax.set_title("Early-Bird statistic during the dense run", fontsize=10)
-    return save_figure(figure, path)
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` as distinct integers; anything else is a UserError."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r}: give distinct integers separated by commas, e.g. 0,1,2")
+    return seeds
 
 
-def markdown(result: dict[str, Any], png: str) -> str:
-    config = result["recipe"]
-    train, data = config["train"], config["data"]
-    lines = [
-        "# Early-Bird emergence on Fashion-MNIST (the paper's Figure 1)",
-        "",
-        machine_line(result["machine"]),
-        f"Budget `{result['budget']}`, {result['wall_seconds'] / 60:.1f} min in all.",
-        "",
-        f"Config: `{config['model']['name']}` {config['model']['kwargs']}, {data['name']} "
-        f"{data['image_size']} px, {data['train_subset'] or 'all'} train / "
-        f"{data['test_subset'] or 'all'} test images; dense {train['epochs']} epochs, lr "
-        f"{train['lr']:g} (x{train['gamma']:g} at {train['milestones']}), BN-L1 s = "
-        f"{config['prune']['sparsity']:g}, epsilon {config['prune']['epsilon']:g}, window "
-        f"{config['prune']['window']}. Each ticket retrained {result['retrain_epochs']} epochs "
-        f"(milestones {result['retrain_milestones']}), "
-        + (
-            "each from the same fresh initialisation (only the ticket differs)."
-            if config["retrain"]["mode"] == "reinit"
-            else "inheriting its weights."
-        ),
-        "",
-        f"Dense model: {100 * result['dense']['test_top1']:.2f} % top-1.",
-        "",
-        "| p | draw epoch | retrain top-1 % | best % | MACs | params | total train FLOPs |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for p in result["points"]:
-        mark = " (emergence)" if p["emerged_here"] else ""
-        lines.append(
-            f"| {p['ratio']:g} | {p['draw_epoch']}{mark} | {100 * p['test_top1']:.2f} | "
-            f"{100 * p['best_top1']:.2f} | {p['macs']:,} | {p['params']:,} | "
-            f"{p['total_flops']:.3e} |"
-        )
-    emerged = ", ".join(
-        f"p={r}: {'epoch ' + str(e) if e is not None else 'not within the schedule'}"
-        for r, e in result["emerged_epochs"].items()
+class Session:
+    """This invocation's part of the results file: what it adds, written atomically."""
+
+    def __init__(self, path: Path, result: dict[str, Any], record: dict[str, Any]) -> None:
+        self.path, self.result, self.record = path, result, record
+        self.start, self.before = time.perf_counter(), result["wall_seconds"]
+        result["sessions"].append(record)
+
+    def write(self) -> None:
+        self.record["wall_seconds"] = time.perf_counter() - self.start
+        self.result["wall_seconds"] = self.before + self.record["wall_seconds"]
+        write_text_atomic(self.path, json.dumps(self.result, indent=1) + "\n")
+
+    def render(self) -> str:
+        """Summary into the JSON, then the figure and the markdown beside it."""
+        self.result["summary"] = summarize(self.result)
+        self.write()
+        stem = self.path.with_suffix("")
+        png = plot(self.result, stem.with_suffix(".png")).name
+        text = markdown(self.result, png)
+        write_text_atomic(stem.with_suffix(".md"), text)
+        return text
+
+
+def run_seed(session: Session, args: argparse.Namespace, overrides: list[str], seed: int) -> None:
+    """One seed: its dense search unless recorded, then every ticket not yet retrained."""
+    result, config = session.result, session.result["config"]
+    ratios, draws, retrain_epochs = (
+        config["ratios"],
+        config["draw_epochs"],
+        config["retrain_epochs"],
     )
-    lines += [
-        "",
-        f"Emergence detected (max window distance < epsilon): {emerged}.",
-        "total train FLOPs: dense epochs up to the draw + the ticket's retraining.",
-        "",
-        "Where another epsilon would have declared emergence (same recorded masks):",
-        "",
-        "| p | " + " | ".join(f"eps {e:g}" for e in EPSILONS) + " |",
-        "|---|" + "---|" * len(EPSILONS),
-    ]
-    for ratio, by_eps in result["emergence_by_epsilon"].items():
-        cells = [str(e) if e is not None else "-" for e in by_eps.values()]
-        lines.append(f"| {ratio} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"![retrain accuracy vs draw epoch]({png})",
-    ]
-    return "\n".join(lines) + "\n"
+    run = result["runs"].setdefault(str(seed), {"seed": seed, "points": []})
+    recipe = load_recipe(args.recipe, [*overrides, f"seed={seed}"])
+    folder = args.runs / f"seed{seed}"
+    loaded: list[DataSplit] = []
+
+    def data() -> DataSplit:  # loaded once, and only when something is left to train
+        if not loaded:
+            loaded.append(
+                load_data(data_options(recipe.data), root=args.data_root, seed=recipe.seed)
+            )
+        return loaded[0]
+
+    states = tickets = None
+    if "dense" not in run:
+        machine = provenance(args.device)
+        recorder, bird, dense = search(recipe, data(), ratios, draws, args.device)
+        traces = {f"{r:g}": bird.history.window_max_distances(r) for r in ratios}
+        run.update(
+            provenance=machine,
+            dense=dense,
+            emerged_epochs={f"{r:g}": bird.emerged_epoch[r] for r in ratios},
+            window_max_distances=traces,
+            emergence_by_epsilon={r: emergence_by_epsilon(t) for r, t in traces.items()},
+            snapshots=save_snapshots(folder, recorder.states, recorder.tickets),
+        )
+        states, tickets = recorder.states, recorder.tickets
+        session.write()
+        print(
+            f"seed {seed}: dense {100 * dense['test_top1']:.2f} %, emergence "
+            f"{run['emerged_epochs']}",
+            flush=True,
+        )
+    done = {(p["ratio"], p["draw_epoch"]) for p in run["points"]}
+    for ratio in ratios:
+        emerged = run["emerged_epochs"][f"{ratio:g}"]
+        for epoch in sorted(set(draws) | ({emerged} - {None})):
+            if (ratio, epoch) in done:
+                continue
+            if states is None:
+                states, tickets = load_snapshots(folder, run["snapshots"])
+            machine = provenance(args.device)
+            point = retrain_ticket(
+                recipe, data(), states[epoch], tickets[epoch][ratio], retrain_epochs, args.device
+            )
+            samples = len(data().train)
+            flops = training_flops(run["dense"]["macs"], samples, epoch) + training_flops(
+                point["macs"], samples, retrain_epochs
+            )
+            run["points"].append(
+                {
+                    "ratio": ratio,
+                    "draw_epoch": epoch,
+                    "emerged_here": epoch == emerged,
+                    "dense_top1_at_draw": run["dense"]["test_top1_per_epoch"][epoch - 1],
+                    "total_flops": flops,
+                    **point,
+                    "provenance": machine,
+                }
+            )
+            session.write()
+            print(
+                f"seed {seed} p={ratio:g} drawn at epoch {epoch}: retrain top-1 "
+                f"{100 * point['test_top1']:.2f} %",
+                flush=True,
+            )
+    run["points"].sort(key=lambda p: (p["ratio"], p["draw_epoch"]))
+    run["finished"] = True
+    session.write()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="fashion_mnist_vgg_p30")
     parser.add_argument("--budget", choices=list(BUDGETS), default="full")
+    parser.add_argument("--seeds", default=None, help="e.g. 0,1,2 (default: by budget)")
     parser.add_argument("--ratios", default=",".join(f"{r:g}" for r in RATIOS))
     parser.add_argument(
         "--draw-epochs", default=",".join(map(str, PAPER_DRAW_EPOCHS)), help="+ the final epoch"
@@ -282,6 +302,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--stem", default=None, help="<results>/<stem>.* (default: by budget)")
+    parser.add_argument("--runs", type=Path, help="dense snapshots (default runs/bench_<stem>)")
+    parser.add_argument("--fresh", action="store_true", help="ignore an earlier results file")
     # One thread by default: on this 2-core host two threads ran 1.5x faster when it was quiet
     # but 4x slower at load average 4 (other jobs), so a shared host gets the safe choice.
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's)")
@@ -291,77 +313,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     budget = BUDGETS[args.budget]
     stem = args.stem or budget_stem("eb_emergence", args.budget)
-    recipe = load_recipe(args.recipe, [*budget["overrides"], *args.overrides])
+    args.runs = args.runs or Path("runs") / f"bench_{stem}"
+    seeds = parse_seeds(args.seeds) if args.seeds else list(budget["seeds"])
+    overrides = [*budget["overrides"], *args.overrides]
+    recipe = load_recipe(args.recipe, overrides)
     ratios = [float(r) for r in args.ratios.split(",") if r.strip()]
     draws = draw_epochs_for(recipe.train.epochs, [int(e) for e in args.draw_epochs.split(",")])
     retrain_epochs = args.retrain_epochs or budget["retrain_epochs"] or recipe.train.epochs
-    schedule = retrain_schedule(recipe.train, retrain_epochs)
-    data = load_data(data_options(recipe.data), root=args.data_root, seed=recipe.seed)
-
-    start, machine = time.perf_counter(), machine_info(args.device)
-    recorder, bird, dense = search(recipe, data, ratios, draws, args.device)
-    emerged = {f"{r:g}": bird.emerged_epoch[r] for r in ratios}
-    traces = {f"{r:g}": bird.history.window_max_distances(r) for r in ratios}
-    result: dict[str, Any] = {
-        "benchmark": "eb_emergence",
-        "machine": machine,
-        "budget": args.budget,
-        "argv": sys.argv[1:] if argv is None else list(argv),
-        "recipe": recipe.to_dict(),
+    config = {
+        "recipe": {k: v for k, v in recipe.to_dict().items() if k != "seed"},
         "ratios": ratios,
         "draw_epochs": draws,
         "retrain_epochs": retrain_epochs,
-        "retrain_milestones": schedule.milestones,
-        "dense": dense,
-        "emerged_epochs": emerged,
-        "window_max_distances": traces,
-        "emergence_by_epsilon": {r: emergence_by_epsilon(t) for r, t in traces.items()},
-        "load_average_start": os.getloadavg()[0],
-        "points": [],
-        "wall_seconds": 0.0,
+        "retrain_milestones": retrain_schedule(recipe.train, retrain_epochs).milestones,
     }
     args.results.mkdir(parents=True, exist_ok=True)
-    samples = len(data.train)
-    for ratio in ratios:
-        epochs = sorted(set(draws) | ({emerged[f"{ratio:g}"]} - {None}))
-        for epoch in epochs:
-            ticket = recorder.tickets[epoch][ratio]
-            state = recorder.states[epoch]
-            point = retrain_ticket(recipe, data, state, ticket, retrain_epochs, args.device)
-            flops = training_flops(dense["macs"], samples, epoch) + training_flops(
-                point["macs"], samples, retrain_epochs
-            )
-            result["points"].append(
-                {
-                    "ratio": ratio,
-                    "draw_epoch": epoch,
-                    "emerged_here": epoch == emerged[f"{ratio:g}"],
-                    "dense_top1_at_draw": recorder.test_top1[epoch],
-                    "total_flops": flops,
-                    **point,
-                }
-            )
-            print(
-                f"p={ratio:g} drawn at epoch {epoch}: retrain top-1 "
-                f"{100 * point['test_top1']:.2f} %",
-                flush=True,
-            )
-            result["wall_seconds"] = time.perf_counter() - start
-            _write(args.results, stem, result)
-    result["wall_seconds"] = time.perf_counter() - start
-    _write(args.results, stem, result)
-    png = plot(result, args.results / f"{stem}.png").name
-    text = markdown(result, png)
-    (args.results / f"{stem}.md").write_text(text, encoding="utf-8")
+    path = args.results / f"{stem}.json"
+    machine = provenance(args.device)
+    result = open_results(path, config, args.fresh) or {
+        "benchmark": "eb_emergence",
+        "format": FORMAT,
+        "budget": args.budget,
+        "machine": machine,  # the first session's; every record keeps its own
+        "config": config,
+        "recipe": recipe.to_dict(),  # seed: each run's own, under "runs"
+        "seeds": [],
+        "runs": {},
+        "sessions": [],
+        "wall_seconds": 0.0,
+    }
+    result["seeds"] += [s for s in seeds if s not in result["seeds"]]
+    argv_now = sys.argv[1:] if argv is None else list(argv)
+    session = Session(path, result, {"argv": argv_now, "seeds": seeds, "provenance": machine})
+    session.write()  # a session killed in its first search still shows in the file
+    for seed in seeds:
+        run_seed(session, args, overrides, seed)
+        text = session.render()
     print(text)
     return result
-
-
-def _write(folder: Path, stem: str, result: dict[str, Any]) -> None:
-    path = folder / f"{stem}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

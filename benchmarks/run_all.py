@@ -54,6 +54,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         full="",
         short="--models vgg16_cifar --runtimes torch --repeats 2 --stem slim_speedup_short",
     ),
+    Benchmark("slim_epoch_speed", full="", short="--budget short"),
     Benchmark("timm_coverage", full="", short="--limit 8 --stem timm_coverage_short"),
     Benchmark(
         "fault_injection",

@@ -94,26 +94,46 @@ def test_eb_emergence_retrains_each_draw_and_marks_emergence(
     fashion_root: Path, tmp_path: Path
 ) -> None:
     argv = [
-        *("--ratios", "0.5", "--draw-epochs", "1,40", "--retrain-epochs", "2"),
+        *("--ratios", "0.5", "--draw-epochs", "1,40", "--retrain-epochs", "2", "--seeds", "0,1"),
         *("--data-root", str(fashion_root), "--results", str(tmp_path), "--stem", "e"),
+        *("--runs", str(tmp_path / "runs")),
         *_sets(TINY),
     ]
     result = eb_emergence.main(argv)
 
     # Epoch 40 lies outside the 3-epoch schedule; the final epoch and emergence are added.
-    assert result["draw_epochs"] == [1, 3]
-    assert result["emerged_epochs"] == {"0.5": 2}
-    points = {p["draw_epoch"]: p for p in result["points"]}
-    assert sorted(points) == [1, 2, 3]
-    assert [points[e]["emerged_here"] for e in (1, 2, 3)] == [False, True, False]
-    assert all(0.0 <= p["test_top1"] <= 1.0 and p["macs"] > 0 for p in points.values())
-    assert points[3]["total_flops"] > points[1]["total_flops"]  # more dense epochs before it
-    assert result["retrain_milestones"] == [1]  # [2] of 3 epochs scaled onto 2
-    distances = result["window_max_distances"]["0.5"]
-    assert len(distances) == 3 and distances[0] is None
+    assert result["config"]["draw_epochs"] == [1, 3]
+    assert result["config"]["retrain_milestones"] == [1]  # [2] of 3 epochs scaled onto 2
+    assert sorted(result["runs"]) == ["0", "1"]
+    for run in result["runs"].values():
+        # window 2 after the first epoch above chance: epoch 2, or 3 if epoch 1 sat at chance
+        emerged = run["emerged_epochs"]["0.5"]
+        assert run["finished"] and emerged in (2, 3)
+        points = {p["draw_epoch"]: p for p in run["points"]}
+        assert sorted(points) == sorted({1, emerged, 3})
+        assert [e for e, p in points.items() if p["emerged_here"]] == [emerged]
+        assert all(0.0 <= p["test_top1"] <= 1.0 and p["macs"] > 0 for p in points.values())
+        assert points[3]["total_flops"] > points[1]["total_flops"]  # more dense epochs first
+        assert all(p["provenance"]["versions"]["torch"] for p in points.values())
+        distances = run["window_max_distances"]["0.5"]
+        assert len(distances) == 3 and distances[0] is None
+        assert run["provenance"]["date"] and run["snapshots"]["tickets.json"]
+    # Two seeds: their inits differ, so do their tickets (the seed really is per run).
+    tickets = [
+        json.loads((tmp_path / "runs" / f"seed{s}" / "tickets.json").read_text()) for s in (0, 1)
+    ]
+    assert tickets[0]["3"]["0.5"]["groups"] != tickets[1]["3"]["0.5"]["groups"]
+    summary = result["summary"]["ratios"]["0.5"]
+    assert summary["by_draw_epoch"]["1"]["n"] == 2 and summary["detected"]["n"] == 2
+    diff = summary["detected_minus_final_points"]
+    assert diff["n"] == 2 and diff["ci"] is not None
+    assert summary["met"] == (diff["mean"] >= -0.3)
     for suffix in ("json", "md", "png"):
         assert (tmp_path / f"e.{suffix}").stat().st_size > 0
-    assert "| 0.5 | 2 (emergence) |" in (tmp_path / "e.md").read_text()
+    text = (tmp_path / "e.md").read_text()
+    assert f"| 1 | 0.5 | {result['runs']['1']['emerged_epochs']['0.5']} (emergence) |" in text
+    assert "the detected tickets are within 0.3 points of the final ones" in text
+    assert "| 0.5 | 1 | " in text and "(2) |" in text  # mean ± sd over 2 seeds
 
 
 def test_draw_epochs_and_retrain_schedule() -> None:

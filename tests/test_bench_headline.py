@@ -1,0 +1,70 @@
+"""benchmarks/headline.py at toy size: seeds and protocols accumulate, finished runs are
+read back, the page reports the paired EB - NS difference and the targets."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from data_fakes import write_fake_fashion_mnist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import headline  # noqa: E402
+
+TINY = (
+    "train.epochs=3",
+    "train.milestones=[2]",
+    "train.batch_size=16",
+    "model.kwargs={width_mult: 0.125}",
+    "prune.window=2",
+    "prune.epsilon=1.0",  # every ratio emerges at epoch 2
+    "prune.learning_margin=0.01",
+    "retrain.epochs=2",
+)
+
+
+@pytest.mark.slow
+def test_headline_accumulates_seeds_and_pairs_eb_with_ns(tmp_path, monkeypatch) -> None:
+    root = write_fake_fashion_mnist(tmp_path / "fmnist", n_train=48, n_test=20)
+    argv = [
+        *("--seeds", "0,1", "--baselines", "snip", "--ratios", "0.5", "--finetune-epochs", "1"),
+        *("--data-root", str(root), "--runs", str(tmp_path / "runs")),
+        *("--results", str(tmp_path / "res"), "--stem", "t", "--quiet"),
+        *[arg for pair in TINY for arg in ("--set", pair)],
+    ]
+    result = headline.main(argv)
+    keys = {(r["seed"], r["protocol"], r["method"]) for r in result["rows"]}
+    assert keys == {
+        *((s, p, m) for s in (0, 1) for p in ("paper", "finetune") for m in ("eb", "ns")),
+        (0, "paper", "snip"),
+    }
+    paper = next(e for e in result["eb_vs_ns"] if e["protocol"] == "paper")
+    assert paper["seeds"] == [0, 1] and paper["points"]["n"] == 2
+    assert paper["points"]["ci"] is not None and paper["flops_ratio"] > 1
+    assert set(paper["targets"]) == {"flops", "accuracy", "wall"}
+    # the finetune protocol retrained from the paper protocol's searches: none trained twice
+    by_run = {(r["seed"], r["protocol"], r["method"]): r for r in result["rows"]}
+    for seed in (0, 1):
+        for method in ("eb", "ns"):
+            a, b = by_run[(seed, "paper", method)], by_run[(seed, "finetune", method)]
+            assert a["shared_search"] == b["shared_search"] is not None
+            assert a["search_flops"] == b["search_flops"]
+            assert b["retrain_epochs"] == 1 and a["retrain_epochs"] == 2
+    assert [d["method"] for d in result["dense"]] == ["ns", "ns"]
+    events = [(j["job"], j["event"]) for j in result["jobs"]]
+    assert events[:2] == [("seed0/paper", "start"), ("seed0/paper", "finish")]
+    assert all("load_average" in j and "versions" in j for j in result["jobs"])
+    page = (tmp_path / "res" / "t.md").read_text()
+    assert "EB against network slimming, paired by seed (paper)" in page
+    assert "## Protocol `finetune`" in page and (tmp_path / "res" / "t.png").is_file()
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a finished job was trained again")
+
+    monkeypatch.setattr(headline, "run_compare", must_not_train)
+    again = headline.main([*argv, "--report-only"])
+    assert again["rows"] == result["rows"]
+    assert json.loads((tmp_path / "res" / "t.json").read_text())["rows"] == result["rows"]
