@@ -86,7 +86,8 @@ def save_search_result(
     paths = RunPaths(run_dir)
     paths.search_result.mkdir(parents=True, exist_ok=True)
     tensors = {
-        **{_START + k: v.detach().cpu().clone() for k, v in (start_state or {}).items()},
+        # contiguous: a channels_last model's weights are strided, which safetensors refuses
+        **{_START + k: v.detach().cpu().contiguous() for k, v in (start_state or {}).items()},
         **{
             _MASK + k: v.detach().cpu().contiguous()
             for k, v in (outcome.weight_masks or {}).items()

@@ -220,3 +220,17 @@ def test_a_second_retrain_protocol_reuses_the_shared_searches(tmp_path, monkeypa
     monkeypatch.undo()
     run_compare(finetune, tmp_path / "alone", shared=False, **common)
     _same_runs(tmp_path / "finetune", tmp_path / "alone", ["eb_p30", "eb_p70", "ns_p30", "ns_p70"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_channels_last_compare_saves_its_searches_and_finishes(tmp_path, shared) -> None:
+    # channels_last weights are strided; the search result must still be written (safetensors
+    # refuses non-contiguous tensors) and the slim network retrained and exported
+    recipe = load_recipe("quickstart", [*TINY, "train.channels_last=true"])
+    result = run_compare(
+        recipe, tmp_path, methods=["eb", "ns"], ratios=RATIOS, progress=False, shared=shared
+    )
+    assert [r["run_dir"] for r in result["rows"]] == ["eb_p30", "eb_p70", "ns_p30", "ns_p70"]
+    for row in result["rows"]:
+        assert (tmp_path / row["run_dir"] / "model" / "model.safetensors").is_file()
