@@ -41,6 +41,8 @@ class Benchmark:
 
 SHORT_RESULTS_ARG = shlex.quote(str(HERE / "results" / "short"))
 BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark("headline", full="--threads 1 --quiet", short="--budget short --threads 1 --quiet"),
+    Benchmark("compare_sharing", full="", short="--budget short"),
     Benchmark("eb_vs_baselines", full="", short="--budget short"),
     Benchmark("eb_emergence", full="", short="--budget short"),
     Benchmark("engine_overhead", full="", short=f"--repeats 2 --out {SHORT_RESULTS_ARG}"),

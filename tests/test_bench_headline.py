@@ -1,5 +1,6 @@
-"""benchmarks/headline.py at toy size: seeds and protocols accumulate, finished runs are
-read back, the page reports the paired EB - NS difference and the targets."""
+"""benchmarks/headline.py and compare_sharing.py at toy size: seeds and protocols
+accumulate, finished runs are read back, the page reports the paired EB - NS difference and
+the targets; shared and independent compares agree."""
 
 from __future__ import annotations
 
@@ -68,3 +69,21 @@ def test_headline_accumulates_seeds_and_pairs_eb_with_ns(tmp_path, monkeypatch) 
     again = headline.main([*argv, "--report-only"])
     assert again["rows"] == result["rows"]
     assert json.loads((tmp_path / "res" / "t.json").read_text())["rows"] == result["rows"]
+
+
+@pytest.mark.slow
+def test_compare_sharing_measures_both_modes_and_checks_they_agree(tmp_path) -> None:
+    import compare_sharing
+
+    result = compare_sharing.main(
+        [
+            *("--budget", "short", "--methods", "eb,ns", "--ratios", "0.3,0.7"),
+            *("--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res")),
+        ]
+    )
+    assert result["differing"] == []
+    assert result["shared"]["flops"] < result["independent"]["flops"]
+    assert 0 < result["wall_share"] and set(result["cost"]) == {"eb", "ns"}
+    page = (tmp_path / "res" / "compare_sharing_short.md").read_text()
+    assert "Same tickets and slim weights in every run: yes" in page
+    assert ("met" in page) or ("**MISSED**" in page and "Why it is missed" in page)
