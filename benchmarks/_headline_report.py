@@ -23,6 +23,7 @@ FLOPS_TARGET = 3.0  # NS / EB training FLOPs
 POINTS_TARGET, LOW_TARGET = -0.3, -0.6  # EB - NS top-1 points: mean, CI's lower end
 WALL_SHARE = 0.9  # the wall-clock ratio against the FLOPs ratio
 DENSE_TARGET = 0.92
+EPSILONS = (0.1, 0.15, 0.2, 0.25)  # where the mask test alone would have stopped
 _RUN = re.compile(r"^(?P<method>[a-z]+)_p(?P<ratio>\d+)$")
 
 
@@ -69,6 +70,7 @@ def _row(run_dir: Path, seed: int, protocol: str) -> dict[str, Any] | None:
         "dense_macs": r.model.dense.macs,
         "slim_macs": r.model.slim.macs,
         "shared_search": r.search.extra.get("shared_search"),
+        "window_max_distances": (r.search.window_max_distances or {}).get(f"{r.ticket.ratio:g}"),
     }
 
 
@@ -152,10 +154,22 @@ def _eb_vs_ns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "eb_ticket_epochs": [eb[s]["ticket_epoch"] for s in seeds],
                 "eb_retrain_epochs": eb[seeds[0]]["retrain_epochs"],
                 "mac_share": eb[seeds[0]]["slim_macs"] / eb[seeds[0]]["dense_macs"],
+                "epsilon_epochs": {
+                    f"{eps:g}": [_first_below(eb[s]["window_max_distances"], eps) for s in seeds]
+                    for eps in EPSILONS
+                },
             }
             entry["targets"] = _verdicts(entry)
             out.append(entry)
     return out
+
+
+def _first_below(distances: list[float | None] | None, epsilon: float) -> int | None:
+    """The first epoch whose window distance is below ``epsilon`` (the mask test alone)."""
+    for epoch, distance in enumerate(distances or [], start=1):
+        if distance is not None and distance < epsilon:
+            return epoch
+    return None
 
 
 def _verdicts(entry: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +278,12 @@ def _targets(result: dict[str, Any], protocol: str) -> list[str]:
                 f"p={e['ratio']:g} FLOPs: EB's tickets emerged at epoch(s) "
                 f"{', '.join(map(str, e['eb_ticket_epochs']))} and each retrains "
                 f"{e['eb_retrain_epochs']} epochs at {100 * e['mac_share']:.0f} % of the dense "
-                "MACs; the retraining, which both methods pay, bounds the ratio"
+                "MACs; the retraining, which both methods pay, bounds the ratio. Where the "
+                "mask test alone would have stopped at other epsilons: "
+                + ", ".join(
+                    f"{eps}: epoch {'/'.join(str(x) for x in epochs)}"
+                    for eps, epochs in e["epsilon_epochs"].items()
+                )
             )
         if t["wall"] is False:
             notes.append(
