@@ -8,10 +8,11 @@ where a single search already watches them all. The catalogue says what each met
 
 ``"search"`` (EB)
     :func:`share_early_bird_search` runs one search in ``shared/eb_p30_p50_p70/`` watching
-    every ratio and writes each ratio's search result into its run directory in the epoch
-    its ticket emerges: the ticket, that epoch's dense weights, the masks and the ledger so
-    far, exactly what a run of that ratio alone saves when its search ends
-    (:mod:`ebcompress.run.search_result`). The ratio's pipeline then resumes past its search
+    every ratio. In the epoch a ratio's ticket emerges it keeps that ratio's result in
+    ``shared/eb_p30_p50_p70/p30/`` (the ticket, that epoch's dense weights, the masks and the
+    ledger so far: exactly what a run of that ratio alone saves when its search ends,
+    :mod:`ebcompress.run.search_result`) and serves it to the ratio's run directory, with the
+    retrain plan of that run's own recipe. The ratio's pipeline then resumes past its search
     and only retrains.
 ``"dense"`` (NS, LT, ThiNet)
     :func:`dense_search_dir` names ``shared/<method>/``, where every ratio's run trains (the
@@ -23,8 +24,10 @@ its ticket plus its retraining. :func:`shared_cost` is what the compare really t
 
 Each shared folder keeps the recipe it was trained with (``recipe.yaml``, the fields that may
 differ between ratios left out); a later compare whose recipe would change what it holds is
-refused in one line. A ratio whose search result cannot come from the shared phase (its
-result was deleted after the shared search passed it) simply searches on its own.
+refused in one line. The sections no search reads (``retrain``, ``export``) are left out
+too, so compares of two retraining protocols can share one folder (``run_compare(...,
+shared_dir=)``). A ratio whose result the shared folder does not hold although its search
+went past it (the folder was edited by hand) simply searches on its own.
 """
 
 from __future__ import annotations
