@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch and torchvision first, pinned to the wheels this machine carries
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install --quiet -e ".[test]"
+	# the test extra and the optional integrations, which `make test` tests with the real packages
+	$(PY) -m pip install --quiet -e ".[test,lightning]"
 	touch $(STAMP)
 
 install: $(STAMP)

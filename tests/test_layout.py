@@ -40,6 +40,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "earlybird": HELPERS | {"channels"},
     "engine": CORE,
     "data": CORE,
+    # other frameworks' loops (Lightning) drive the core as a user's own loop would
+    "integrations": CORE,
     # the schema checks names against the method catalogue and the registries of the
     # precisions, data sets and export formats (imported when a recipe is validated)
     "recipe": CORE

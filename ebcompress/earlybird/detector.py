@@ -25,7 +25,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from ebcompress.earlybird.learning import DEFAULT_MARGIN, LearningCheck
 from ebcompress.earlybird.mask_history import MaskHistory
 from ebcompress.earlybird.sparsity import BNL1Regularizer
 from ebcompress.errors import UserError
+
+if TYPE_CHECKING:
+    from torch.amp import GradScaler
 
 STATE_FORMAT = 1
 
@@ -61,7 +64,8 @@ class EarlyBird:
     drift across the whole window, not just between neighbours.
 
     :meth:`regularize` applies the BN-L1 subgradient (``sparsity``, Sec. 4) to the BNs of the
-    prunable groups: call it after ``loss.backward()`` and before ``optimizer.step()``.
+    prunable groups: call it after ``loss.backward()`` and before ``optimizer.step()``
+    (under a ``torch.amp.GradScaler``: ``regularize(scaler)``).
 
     Guards for a model and data the paper did not calibrate:
 
@@ -159,9 +163,16 @@ class EarlyBird:
         return self.tickets.get(self.ratios[0])
 
     # ------------------------------------------------------------------ the loop
-    def regularize(self) -> None:
-        """BN-L1 subgradient: call after ``loss.backward()``, before ``optimizer.step()``."""
-        self.regularizer()
+    def regularize(self, scaler: GradScaler | None = None) -> None:
+        """BN-L1 subgradient: call after ``loss.backward()``, before ``optimizer.step()``.
+
+        Under mixed precision pass the ``torch.amp.GradScaler``: its gradients are scaled
+        until ``scaler.step`` unscales them, and the term is added at that scale, so the
+        penalty stays ``s * sign(gamma)`` (without the scaler it would shrink by the scale
+        factor). Before or after ``scaler.unscale_(optimizer)`` are both right; after
+        ``scaler.step`` is a UserError.
+        """
+        self.regularizer(scaler)
 
     @property
     def learned(self) -> bool:
