@@ -43,6 +43,7 @@ def collect(runs: Path, ratios: list[float]) -> dict[str, Any]:
         "summary": _summary(rows),
         "eb_vs_ns": _eb_vs_ns(rows),
         "trained": _trained(rows),
+        "dense_epoch_seconds": _epoch_seconds(runs),
     }
 
 
@@ -72,6 +73,23 @@ def _row(run_dir: Path, seed: int, protocol: str) -> dict[str, Any] | None:
         "shared_search": r.search.extra.get("shared_search"),
         "window_max_distances": (r.search.window_max_distances or {}).get(f"{r.ticket.ratio:g}"),
     }
+
+
+def _epoch_seconds(runs: Path) -> dict[str, dict[str, float]]:
+    """Per seed, the mean seconds of a dense epoch in EB's search and in NS's dense training:
+    the same network and penalty, so on a steady host the two agree; when they do not, the
+    host's load changed between them and the wall ratios carry that change."""
+    out: dict[str, dict[str, float]] = {}
+    for seed_dir in sorted(runs.glob("seed*")):
+        found = {}
+        for name, folder in (("eb", "eb_*"), ("ns", "ns")):
+            for metrics in sorted((seed_dir / "shared").glob(f"{folder}/metrics.jsonl")):
+                times = [e["seconds"] for e in read_entries(metrics) if e.get("phase") == "search"]
+                if times:
+                    found[name] = sum(times) / len(times)
+        if found:
+            out[seed_dir.name[4:]] = found
+    return out
 
 
 def _dense(runs: Path) -> list[dict[str, Any]]:
@@ -285,6 +303,9 @@ def _targets(result: dict[str, Any], protocol: str) -> list[str]:
                     for eps, epochs in e["epsilon_epochs"].items()
                 )
             )
+        drift = _load_drift(result, e["seeds"])
+        if drift:
+            notes.append(f"p={e['ratio']:g} wall: {drift}")
         if t["wall"] is False:
             notes.append(
                 f"p={e['ratio']:g} wall: {e['wall_ratio']:.2f}x against {e['flops_ratio']:.2f}x "
@@ -302,6 +323,23 @@ def _targets(result: dict[str, Any], protocol: str) -> list[str]:
     if notes:
         lines += ["", "Why targets were missed:", "", *[f"- {n}" for n in notes]]
     return lines
+
+
+def _load_drift(result: dict[str, Any], seeds: list[int]) -> str:
+    """A note when EB's and NS's dense epochs ran at different speeds (the host's load)."""
+    parts = []
+    for seed in seeds:
+        times = result.get("dense_epoch_seconds", {}).get(str(seed), {})
+        if "eb" in times and "ns" in times and not 0.8 < times["ns"] / times["eb"] < 1.25:
+            parts.append(
+                f"seed {seed}: {times['eb']:.0f} s in EB's search, {times['ns']:.0f} s in NS's"
+            )
+    if not parts:
+        return ""
+    return (
+        "the same dense epoch took " + "; ".join(parts) + " (the shared host's load changed), "
+        "so this wall ratio measures the load as much as the method"
+    )
 
 
 def _trained_lines(result: dict[str, Any]) -> list[str]:
