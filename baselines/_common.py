@@ -84,8 +84,12 @@ def channel_scores(
 
 
 def channel_graph(run: RunContext) -> ChannelGraph:
-    """The dense model's prunable channel groups (traced once, before it trains)."""
-    return ChannelGraph(unwrap(run.model), run.example_inputs)
+    """The dense model's prunable channel groups (traced once, before it trains); with a
+    budget (``prune.target_macs``) its shares are of ``count_flops``' dense count."""
+    graph = ChannelGraph(unwrap(run.model), run.example_inputs)
+    if run.recipe.prune.draw_options().budget is not None:
+        graph.calibrate_cost(run.dense_macs)
+    return graph
 
 
 class AfterBackward:

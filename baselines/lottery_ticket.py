@@ -16,11 +16,14 @@ prunes by weight magnitude at ``prune.ratio`` and rewinds the surviving weights:
   (search + retrain = 2 x the dense schedule), as the Early-Bird paper's Table 2 counts them.
 
 Rewinding (``prune.lt.rewind_epoch``): 0 (default) resets the survivors to their values at
-initialisation (``RunContext.initial_state``: weights, BN statistics, all of it); ``k > 0``
+initialisation (``RunContext.initial_state``: weights, BN statistics, all of it; with
+``model.init`` the loaded weights, the lottery ticket of a pretrained network); ``k > 0``
 resets them to their values after epoch ``k`` of the dense run (Frankle et al., "Stabilizing
 the Lottery Ticket Hypothesis", 2019) and retrains epochs ``k+1 .. train.epochs`` of the same
 schedule, i.e. exactly the remainder the rewound weights belong to. ``retrain.mode`` and
 ``retrain.epochs`` do not apply: rewinding and retraining the dense schedule define the method.
+``prune.dense_epochs`` shortens (or, at 0, skips) the dense training before the magnitudes are
+ranked; it needs ``rewind_epoch: 0``, since a later rewind point belongs to the full schedule.
 """
 
 from __future__ import annotations
@@ -89,6 +92,13 @@ class LotteryTicket:
             raise UserError(
                 f"prune.lt.rewind_epoch={options.rewind_epoch} must be below "
                 f"train.epochs={recipe.train.epochs} (0 rewinds to initialisation)"
+            )
+        dense = prune.dense_epochs
+        if options.rewind_epoch and dense is not None and dense != recipe.train.epochs:
+            raise UserError(
+                f"prune.lt.rewind_epoch={options.rewind_epoch} rewinds into the full dense "
+                f"schedule, which prune.dense_epochs={dense} replaces; set rewind_epoch: 0 "
+                "(rewind to the starting weights) or remove prune.dense_epochs"
             )
         model = unwrap(run.model)
         graph = channel_graph(run)

@@ -11,6 +11,10 @@ schedule of that length, restarting the learning rate as the paper's fine-tuning
 
 This is the method Early-Bird shortens: the same penalty and ranking, but the ticket is drawn
 after the full dense schedule instead of when it emerges.
+
+``prune.dense_epochs`` replaces that schedule (:func:`~ebcompress.methods.base.train_dense`).
+At 0, from ``model.init``, there is no sparsity training at all: the channels are ranked by
+the pretrained BatchNorm scales as they are, which the L1 penalty never pushed apart.
 """
 
 from __future__ import annotations

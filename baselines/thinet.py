@@ -17,6 +17,8 @@ pruned (consumer columns zeroed) and rescaled, so the errors do not compound uns
 prunes layer by layer at one ratio, so every group loses ``round(ratio * width)`` channels
 (``scope`` is always uniform; ``min_keep`` / ``round_to`` apply). The paper fine-tunes briefly
 after each layer; this implementation fine-tunes once at the end, like network slimming.
+``prune.dense_epochs: 0`` with ``model.init`` prunes the loaded network without training it
+first, which is how the paper applies ThiNet (to ImageNet-trained VGG-16 and ResNet-50).
 
 A group that ThiNet's reconstruction cannot handle (several producers coupled by a residual
 addition, several consumers, a grouped or string-padded consumer, a flatten into a linear

@@ -58,12 +58,14 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
     Benchmark("slim_epoch_speed", full="", short="--budget short"),
     Benchmark("timm_coverage", full="", short="--limit 8 --stem timm_coverage_short"),
+    Benchmark("macs_budget", full="", short="--limit 6 --stem macs_budget_short"),
     Benchmark(
         "fault_injection",
         full="",
         short="--cycles 1 --kills 1 --point-cycles 0 --no-disk-full --stem fault_injection_short",
     ),
     Benchmark("user_models", full="--quiet", short="--budget short --quiet"),
+    Benchmark("plan_accuracy", full="", short="--budget short"),
 )
 BUDGETS = ("full", "short")
 

@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 # onnx, and ``ebcompress --help`` does not wait for torch.
 _PUBLIC = {
     "BNL1Regularizer": "ebcompress.earlybird.sparsity",
+    "Budget": "ebcompress.channels.draw_options",
     "ChannelGraph": "ebcompress.channels.graph",
     "DrawOptions": "ebcompress.channels.draw_options",
     "EarlyBird": "ebcompress.earlybird.detector",
@@ -50,6 +51,7 @@ __getattr__, __dir__ = lazy_exports(globals(), _PUBLIC)
 
 __all__ = [
     "BNL1Regularizer",
+    "Budget",
     "ChannelGraph",
     "DrawOptions",
     "EarlyBird",

@@ -145,6 +145,52 @@ def test_registered_names_are_checked_against_their_registries(override, expecte
     assert expected in str(info.value)
 
 
+def test_timm_optimizers_and_schedules_are_recipe_fields() -> None:
+    r = load_recipe(
+        "quickstart",
+        [
+            "train.optimizer=adamw",
+            "train.optimizer_kwargs.betas=[0.9,0.99]",
+            "train.lr=0.002",
+            "train.schedule=cosine",
+            "train.warmup_epochs=2",
+            "train.min_lr=1e-5",
+        ],
+    )
+    t = r.train
+    assert (t.optimizer, t.optimizer_kwargs, t.schedule, t.warmup_epochs) == (
+        "adamw", {"betas": [0.9, 0.99]}, "cosine", 2,
+    )  # fmt: skip
+    defaults = Recipe().train  # the paper's optimiser and schedule
+    assert (defaults.optimizer, defaults.optimizer_kwargs, defaults.filter_bias_and_bn) == (
+        "sgd", {}, False,
+    )  # fmt: skip
+    assert (defaults.warmup_epochs, defaults.min_lr, defaults.decay_epochs) == (0, 0.0, None)
+    assert load_recipe("quickstart", ["train.schedule=step", "train.decay_epochs=10"]).train
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["train.optimizer=adamx"], "train.optimizer: Value error, 'adamx' is not in timm's "
+         "optimizer registry: adabelief, adadelta"),
+        (["train.optimizer=adahessian"], "'adahessian' needs second-order gradients"),
+        (["train.optimizer=adamw", "train.optimizer_kwargs={betaz: 1}"],
+         "optimizer_kwargs ['betaz']: adamw takes lr, betas, eps, weight_decay, amsgrad"),
+        (["train.optimizer_kwargs={lr: 1}"], "optimizer_kwargs ['lr']: set train.lr instead"),
+        (["train.optimizer=adamw", "train.nesterov=true"], "nesterov applies to optimizer sgd"),
+        (["train.schedule=plateau"], "train.schedule: Input should be 'multistep', 'step',"),
+        (["train.schedule=step"], "schedule step multiplies the lr by gamma every decay_epochs"),
+        (["train.warmup_epochs=30"], "warmup_epochs=30 must be < epochs=30"),
+    ],
+)  # fmt: skip
+def test_optimizer_and_schedule_mistakes_get_one_line_errors(overrides, expected) -> None:
+    with pytest.raises(UserError) as info:
+        load_recipe("quickstart", overrides)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
 def test_each_method_with_options_brings_its_own_section_from_the_catalogue() -> None:
     from ebcompress.methods.catalog import METHODS
     from ebcompress.recipe import PruneConfig
@@ -194,6 +240,41 @@ def test_the_prune_section_builds_the_draw_options() -> None:
     assert Recipe().prune.draw_options() == DrawOptions()  # the defaults are DrawOptions' own
 
 
+_NO_WATCH = "prune.watch_ratios=[]"  # the quickstart watches 0.5 and 0.7 besides its ratio
+
+
+def test_a_budget_field_becomes_the_draw_options_budget() -> None:
+    from ebcompress.channels.draw_options import Budget, DrawOptions
+
+    prune = load_recipe("quickstart", [_NO_WATCH, "prune.target_macs=0.5"]).prune
+    assert prune.draw_options() == DrawOptions(budget=Budget(0.5, "macs"))
+    prune = load_recipe("quickstart", [_NO_WATCH, "prune.target_params=0.25"]).prune
+    assert prune.draw_options().budget == Budget(0.25, "params")
+    assert load_recipe("quickstart").prune.draw_options().budget is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["prune.target_macs=1.2"], "prune.target_macs: Value error, target_macs=1.2 must be"),
+        (["prune.target_params=0"], "prune.target_params: Value error, target_params=0"),
+        (
+            ["prune.target_macs=0.5", "prune.target_params=0.5"],
+            "target_macs=0.5 and target_params=0.5: a ticket meets one budget; set one of them",
+        ),
+        (["prune.target_macs=0.5"], "watch_ratios [0.5, 0.7]: with target_macs the ticket is"),
+        (
+            ["prune.method=lt", "prune.lt.granularity=unstructured", "prune.target_macs=0.5"],
+            "target_macs slims channels; lt.granularity 'unstructured' masks weights",
+        ),
+    ],
+)
+def test_budget_mistakes_are_one_line_user_errors(overrides, expected) -> None:
+    with pytest.raises(UserError) as info:
+        load_recipe("quickstart", [*([] if "watch" in expected else [_NO_WATCH]), *overrides])
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
 def test_a_resolved_recipe_written_before_the_registries_loads_the_same() -> None:
     # recipe.yaml of a run written by the previous version (its prune section in full)
     written = load_recipe("vgg16_cifar10_p30").to_dict()
@@ -205,5 +286,40 @@ def test_a_resolved_recipe_written_before_the_registries_loads_the_same() -> Non
         "snip": {"granularity": "channel", "batches": 4},
         "thinet": {"samples": 256, "positions_per_sample": 8},
     }  # fmt: skip
-    assert written["prune"] == old_prune and list(written["prune"]) == list(old_prune)
+    # fields added since (target_macs, target_params, ...) sit at defaults that change nothing
+    added = {key: value for key, value in written["prune"].items() if key not in old_prune}
+    assert {"target_macs", "target_params"} <= set(added) and set(added.values()) == {None}
+    assert written["prune"] == {**old_prune, **added}
+    assert [key for key in written["prune"] if key not in added] == list(old_prune)
     assert validate_recipe({**written, "prune": old_prune}).to_dict() == written
+
+
+@pytest.mark.parametrize("method", ["ns", "lt", "thinet"])
+def test_dense_epochs_sets_the_dense_training_of_the_methods_that_have_one(method) -> None:
+    recipe = load_recipe("quickstart", [f"prune.method={method}", "prune.dense_epochs=0"])
+    assert recipe.prune.dense_epochs == 0
+    assert load_recipe("quickstart", [f"prune.method={method}"]).prune.dense_epochs is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["prune.dense_epochs=0"], "dense_epochs sets the dense training of ns, lt, thinet;"),
+        (["prune.method=snip", "prune.dense_epochs=3"], "method 'snip' has none"),
+        (["prune.method=ns", "prune.dense_epochs=-1"], "prune.dense_epochs: Input should be"),
+        ([f"model.init_sha256={'a' * 64}"], "init_sha256 pins the checksum of model.init"),
+        (["model.init=w.pt", "model.init_sha256=ABC"], "model.init_sha256: String should match"),
+        (["model.kwargs={init: w.pt}"], "kwargs ['init']: the starting weights are model.init"),
+        (["model.init=''"], "model.init: String should have at least 1 character"),
+    ],
+)
+def test_starting_weight_mistakes_are_one_line_user_errors(overrides, expected) -> None:
+    with pytest.raises(UserError) as info:
+        load_recipe("quickstart", overrides)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_model_init_is_a_path_and_its_checksum_optional() -> None:
+    recipe = load_recipe("quickstart", ["model.init=weights/resnet.safetensors"])
+    assert (recipe.model.init, recipe.model.init_sha256) == ("weights/resnet.safetensors", None)
+    assert load_recipe("quickstart").model.init is None

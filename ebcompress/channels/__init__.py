@@ -3,8 +3,9 @@ ticket, and slim a network to it.
 
 ``groups`` traces, ``tp_compat`` scopes the torch-pruning workarounds, ``probe`` finds the
 groups that must stay dense, ``graph`` ranks and draws (``ChannelGraph``, ``draw_ticket``) by
-the rules of ``draw_options`` (``DrawOptions``), with ``ranking``'s arithmetic, ``ticket`` is
-the drawn result, ``slim`` cuts the network. Nothing here imports the recipe schema,
+the rules of ``draw_options`` (``DrawOptions``, ``Budget``), with ``ranking``'s arithmetic,
+``budget`` cuts the ranking where a cost budget is met, counting with ``cost_model``,
+``ticket`` is the drawn result, ``slim`` cuts the network. Nothing here imports the recipe schema,
 pydantic, safetensors or onnx.
 
 The names below load on first use (PEP 562), so the recipe schema can import
@@ -16,6 +17,7 @@ among them: ``ebcompress.channels.slim`` is its module (use ``eb.slim`` or
 from ebcompress.lazy import lazy_exports
 
 _PUBLIC = {
+    "Budget": "ebcompress.channels.draw_options",
     "ChannelGraph": "ebcompress.channels.graph",
     "DrawOptions": "ebcompress.channels.draw_options",
     "Ticket": "ebcompress.channels.ticket",

@@ -7,7 +7,8 @@ parameter values.
 
 Importance is the Early-Bird / network-slimming criterion, the BatchNorm scale ``|gamma|``
 (You et al., ICLR 2020, Sec. 3.2; Liu et al., ICCV 2017). Masks are drawn by ranking all
-prunable channels *globally* and removing the smallest fraction ``ratio`` (the paper's rule).
+prunable channels *globally* and removing the smallest fraction ``ratio`` (the paper's rule),
+or as many as a cost budget leaves room for (:mod:`ebcompress.channels.budget`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ebcompress.channels.budget import cut_to_budget
 from ebcompress.channels.capped import CappedGroupsWarning, capped_summary, warn_capped
+from ebcompress.channels.cost_model import CostModel, SlimCost
 from ebcompress.channels.draw_options import DrawOptions, resolve_draw_options
 from ebcompress.channels.groups import ChannelGroup, same_layers, trace_channel_groups
 from ebcompress.channels.probe import find_unslimmable
@@ -98,6 +101,7 @@ class ChannelGraph:
         self._widths = np.array([group.width for group in self.groups])
         self._starts = np.concatenate([[0], np.cumsum(self._widths)[:-1]])
         self._names = names
+        self.cost_model = CostModel(model, example_inputs, self._handles, self._starts.tolist())
         self.exclude_from_importance(
             tuple(names[bn] for bn in self.bn_modules() if is_zero_initialised(bn))
         )
@@ -129,6 +133,24 @@ class ChannelGraph:
     @property
     def fingerprint(self) -> str:
         return structure_fingerprint(self.widths)
+
+    def cost(self, ticket: Ticket | None = None) -> SlimCost:
+        """One sample's forward MACs and the parameters of ``ticket``'s slim network (None:
+        the dense one), counted from the groups without slimming
+        (:class:`~ebcompress.channels.cost_model.CostModel`: ``count_flops``' numbers for
+        the layers it models; after :meth:`calibrate_cost` the rest of that count is added
+        at its dense value)."""
+        if ticket is None:
+            return self.cost_model.dense
+        if ticket.fingerprint != self.fingerprint:
+            raise ValueError("cost: the ticket was drawn from another network")
+        return self.cost_model.cost(ticket.mask())
+
+    def calibrate_cost(self, dense_macs: int) -> None:
+        """Give the dense network's MACs as ``count_flops`` counts them; the part no modelled
+        layer accounts for (functional pooling, attention products) is then held constant,
+        so budgets are shares of that count."""
+        self.cost_model.calibrate(dense_macs)
 
     def bn_modules(self) -> list[_BatchNorm]:
         """The affine BatchNorms of all prunable groups, each once (for the BN-L1 regulariser)."""
@@ -195,16 +217,43 @@ class ChannelGraph:
         multiple (capped at the width). A group feeding a grouped convolution keeps the same
         positions in each slice, so its count is rounded to a multiple of the slice count; only
         then can the total differ from ``round(ratio*N)`` (besides the limits).
+
+        With ``budget`` (a :class:`~ebcompress.channels.draw_options.Budget` among the
+        options), ``ratio`` is not used: the ticket is the least-pruned cut of the same
+        ranking, by the same rules, whose slim network keeps at most the budget's share of
+        the dense MACs or parameters (:meth:`cost`); its ``ratio`` is the one found and its
+        ``budget`` records the target and the share achieved.
         """
         _check_ratio(ratio)
         rules = resolve_draw_options(options).updated(**changes)
-        scope, min_keep, round_to = rules.scope, rules.min_keep, rules.round_to
         scores = self._scores(importance)
+        custom = importance is not None
+
+        def cut(at: float) -> Ticket:
+            return self._cut(at, rules, scores, custom, epoch=epoch, model_name=model_name)
+
+        if rules.budget is None:
+            ticket = cut(ratio)
+        else:
+            ticket = cut_to_budget(cut, self.cost, self.cost_model.dense, rules.budget)
+        if warn:
+            warn_capped(ticket)
+        return ticket
+
+    def _cut(
+        self,
+        ratio: float,
+        rules: DrawOptions,
+        scores: np.ndarray,
+        custom: bool,
+        *,
+        epoch: int | None,
+        model_name: str | None,
+    ) -> Ticket:
+        """The ticket removing ``ratio`` of the ranked ``scores`` by ``rules`` (see draw)."""
+        scope, min_keep, round_to = rules.scope, rules.min_keep, rules.round_to
         ranked = np.array(
-            [
-                scope == "global" and (importance is not None or bool(h.bn_sources))
-                for h in self._handles
-            ]
+            [scope == "global" and (custom or bool(h.bn_sources)) for h in self._handles]
         )
         removed = np.zeros(scores.size, dtype=bool)
         floors = np.array([group_floor(h, min_keep, rules.max_group_ratio) for h in self._handles])
@@ -232,24 +281,21 @@ class ChannelGraph:
             if want > width - floor:  # the limit bound, whatever round_to then added
                 at_min_keep = floor == group_floor(handle, min_keep, 1.0)
                 capped[name] = "min_keep" if at_min_keep else "max_group_ratio"
-        ticket = Ticket(
+        return Ticket(
             kept=kept,
             widths=self.widths,
             ratio=float(ratio),
             epoch=epoch,
-            importance="bn_gamma" if importance is None else "custom",
+            importance="custom" if custom else "bn_gamma",
             model_name=model_name,
             fingerprint=self.fingerprint,
             ignored_layers=self.ignored_layer_names,
             capped=capped,
-            zero_init_bns=self.zero_init_bns if importance is None else (),
+            zero_init_bns=() if custom else self.zero_init_bns,
             input_shape=self.input_shape,
             kept_dense=dict(self.kept_dense),
             extra=rules.to_dict(),
         )
-        if warn:
-            warn_capped(ticket)
-        return ticket
 
     def _scores(self, importance: dict[str, torch.Tensor] | None) -> np.ndarray:
         """All channels' importance as one float64 array, slice-averaged where a group

@@ -63,6 +63,17 @@ class ChannelGroup:
     member_names: tuple[str, ...]  # every module touched when this group is pruned
 
 
+class ChannelUse(NamedTuple):
+    """Where a group's channels sit in one layer: channel ``root_index[j]`` of the group is
+    channel ``index[j]`` of ``module``'s outputs (``out``) or inputs (not ``out``). What the
+    cost model (:mod:`ebcompress.channels.cost_model`) counts a slim layer's width from."""
+
+    module: nn.Module
+    out: bool
+    index: torch.Tensor
+    root_index: torch.Tensor
+
+
 @dataclass(frozen=True)
 class GroupHandle:
     """What the library needs about a group besides its description (module references).
@@ -73,6 +84,7 @@ class GroupHandle:
     ``bn_sources`` holds ``(bn, bn_index, root_index)`` per BatchNorm: channel ``bn_index[j]``
     of ``bn`` is channel ``root_index[j]`` of the group (``None``: the identity).
     ``aligned`` are the modules whose own channels are exactly the group's (for verification).
+    ``uses`` place the group's channels in every conv, linear, BatchNorm and PReLU it touches.
     """
 
     info: ChannelGroup
@@ -80,6 +92,7 @@ class GroupHandle:
     unit: int
     bn_sources: tuple[tuple[_BatchNorm, torch.Tensor | None, torch.Tensor | None], ...]
     aligned: tuple[nn.Module, ...]
+    uses: tuple[ChannelUse, ...] = ()
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -263,10 +276,19 @@ def _describe(
     aligned = []
     unit = 1
     bn_sources = []
+    uses = []
     for item in group:
         module, kind = item.dep.target.module, item.dep.target.type
         if kind in _PASS_THROUGH:
             continue
+        uses.append(
+            ChannelUse(
+                module,
+                graph.is_out_channel_pruning_fn(item.dep.handler),
+                torch.as_tensor(item.idxs, dtype=torch.long),
+                torch.as_tensor(item.root_idxs, dtype=torch.long),
+            )
+        )
         identity = item.idxs == item.root_idxs and len(item.idxs) == width
         if (
             identity
@@ -307,7 +329,7 @@ def _describe(
         bn_names=tuple(names[m] for m in members if isinstance(m, _BatchNorm)),
         member_names=tuple(names[m] for m in members),
     )
-    return GroupHandle(info, root, unit, tuple(bn_sources), tuple(aligned))
+    return GroupHandle(info, root, unit, tuple(bn_sources), tuple(aligned), tuple(uses))
 
 
 def _check_in_range(graph: tp.DependencyGraph, item: tp._helpers.GroupItem, names: dict) -> None:

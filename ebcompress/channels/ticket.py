@@ -33,6 +33,44 @@ def structure_fingerprint(widths: Mapping[str, int]) -> str:
 
 
 @dataclass(frozen=True)
+class TicketBudget:
+    """The cost budget a ticket was drawn to (:mod:`ebcompress.channels.budget`) and what
+    its slim network reaches, as the channel graph's cost model counts it.
+
+    ``measure`` is ``"macs"`` or ``"params"``; ``target`` and ``achieved`` are fractions of
+    the dense network's count ``dense``; ``slim`` is the slim network's count.
+    """
+
+    measure: str
+    target: float
+    achieved: float
+    dense: int
+    slim: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "measure": self.measure,
+            "target": self.target,
+            "achieved": self.achieved,
+            "dense": self.dense,
+            "slim": self.slim,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TicketBudget:
+        measure = str(data["measure"])
+        if measure not in ("macs", "params"):
+            raise ValueError(f"budget measure {measure!r} is neither 'macs' nor 'params'")
+        return cls(
+            measure=measure,
+            target=float(data["target"]),
+            achieved=float(data["achieved"]),
+            dense=int(data["dense"]),
+            slim=int(data["slim"]),
+        )
+
+
+@dataclass(frozen=True)
 class Ticket:
     """Kept channel indices per prunable group, plus where they came from.
 
@@ -61,6 +99,9 @@ class Ticket:
         group name -> why it is not in the ticket: the groups ebcompress cannot slim exactly
         (or the probe found torch-pruning slims wrongly); ``slim`` keeps them out of its trace
         so that it finds the ticket's groups.
+    ``budget``
+        the :class:`TicketBudget` the ticket was drawn to, or None (drawn at ``ratio``; then
+        ``ratio`` is the one the budget search chose).
 
     ``extra`` holds optional annotations (draw options, Early-Bird's emergence record) that
     nothing applying the ticket reads.
@@ -78,6 +119,7 @@ class Ticket:
     zero_init_bns: tuple[str, ...] = ()
     input_shape: tuple[int, ...] | None = None
     kept_dense: dict[str, str] = field(default_factory=dict)
+    budget: TicketBudget | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -164,6 +206,7 @@ class Ticket:
             "zero_init_bns": list(self.zero_init_bns),
             "input_shape": None if self.input_shape is None else list(self.input_shape),
             "kept_dense": dict(self.kept_dense),
+            "budget": None if self.budget is None else self.budget.to_dict(),
             "extra": dict(self.extra),
             "groups": [
                 {"name": name, "width": self.widths[name], "kept": list(self.kept[name])}
@@ -182,6 +225,7 @@ class Ticket:
             untyped = {key: extra.pop(key) for key in ("input_shape", "kept_dense") if key in extra}
             input_shape = data.get("input_shape", untyped.get("input_shape"))
             kept_dense = data.get("kept_dense", untyped.get("kept_dense"))
+            budget = data.get("budget")  # tickets written before budgets have none
             return cls(
                 kept={g["name"]: tuple(int(i) for i in g["kept"]) for g in groups},
                 widths={g["name"]: int(g["width"]) for g in groups},
@@ -196,6 +240,7 @@ class Ticket:
                 zero_init_bns=tuple(str(n) for n in data.get("zero_init_bns") or ()),
                 input_shape=None if input_shape is None else tuple(int(d) for d in input_shape),
                 kept_dense={str(k): str(v) for k, v in (kept_dense or {}).items()},
+                budget=None if budget is None else TicketBudget.from_dict(budget),
                 extra=extra,
             )
         # AttributeError: a list or number where the JSON needs an object (``.items()``)

@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "ebcompress.cli.compare",
     "ebcompress.cli.export",
     "ebcompress.cli.report",
+    "ebcompress.cli.plan",
 )
 
 EXIT_USER_ERROR = 2

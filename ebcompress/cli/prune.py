@@ -16,10 +16,12 @@ from rich.panel import Panel
 
 from ebcompress.cli.app import app
 from ebcompress.cli.options import METHODS_EPILOG, RECIPE_HELP, parse_ratios
+from ebcompress.errors import UserError
 from ebcompress.methods.catalog import METHODS
 from ebcompress.run.paths import RunPaths
 
 if TYPE_CHECKING:  # imported where used, off the CLI's start-up path
+    from ebcompress.cost.forecast import Forecast
     from ebcompress.recipe import Recipe
     from ebcompress.report.run_report import RunReport
 
@@ -48,11 +50,17 @@ def prune(
         help="comma-separated ratios: one run per ratio in OUT/<method>_p<ratio>, sharing "
         "their search as `ebcompress compare` does (they resume when run again)",
     ),
+    plan: bool = typer.Option(
+        False,
+        "--plan",
+        help="forecast the run's cost first (as `ebcompress plan`) and keep it as "
+        "forecast.json; report.md then puts each phase beside its forecast",
+    ),
 ) -> None:
     """Search for a ticket, slim the network, retrain it, export it and write the report."""
     from ebcompress.engine import distributed as dist
     from ebcompress.recipe import load_recipe
-    from ebcompress.report.build import build_report
+    from ebcompress.report.build import build_report, write_report
     from ebcompress.run.pipeline import run_pipeline
 
     sets = [*overrides, f"prune.method={method}"] if method else list(overrides)
@@ -60,8 +68,15 @@ def prune(
     dist.init_from_env(device)
     run_dir = out or Path("runs") / resolved.name
     if ratios is not None:
+        if plan:
+            raise UserError("--plan forecasts one run; drop --ratios (or use `ebcompress plan`)")
         _prune_each_ratio(resolved, run_dir, parse_ratios(ratios, "--ratios"), data, device)
         return
+    forecast = (
+        _forecast(resolved, run_dir, data, device, resume or force_resume, overwrite)
+        if plan
+        else None
+    )
     run_pipeline(
         resolved,
         run_dir,
@@ -71,8 +86,47 @@ def prune(
         device=device,
         force_resume=force_resume,
     )
+    if forecast is not None and dist.is_main():
+        # The run directory takes files only once the run has prepared it, so the forecast
+        # made before it is written now and the report redrawn with it.
+        forecast.save(RunPaths(run_dir).forecast)
+        write_report(run_dir)
     if dist.is_main():
         print_summary(build_report(run_dir), run_dir)
+
+
+def _forecast(
+    recipe: Recipe,
+    run_dir: Path,
+    data: str | None,
+    device: str | None,
+    resume: bool,
+    overwrite: bool,
+) -> Forecast | None:
+    """``--plan``'s forecast, made before training (None: a resumed run keeps its own).
+    The run directory's checks come first, so a refused run costs no forecast."""
+    from ebcompress.engine import distributed as dist
+    from ebcompress.run.lock import refuse_if_locked
+    from ebcompress.run.plan import make_forecast
+    from ebcompress.run.state import existing_state, prepare_run_dir
+
+    if dist.world_size() > 1:
+        raise UserError("--plan times one process; run `ebcompress plan` without torchrun")
+    if overwrite:
+        if run_dir.is_dir():
+            refuse_if_locked(run_dir)  # the pipeline deletes the rest itself
+    else:
+        prepare_run_dir(run_dir, resume=resume, overwrite=False)  # creates it when allowed
+    if resume and RunPaths(run_dir).forecast.is_file():
+        return None
+    state = existing_state(run_dir) if resume else None
+    if state is not None and state.finished:
+        raise UserError(
+            f"--plan: {str(run_dir)!r} holds a finished run, and a forecast comes before the "
+            "training; run it again with --overwrite --plan, or use `ebcompress plan`"
+        )
+    Console().print("forecasting the run's cost (`ebcompress plan`) ...")
+    return make_forecast(recipe, data_root=data, device=device)
 
 
 def _prune_each_ratio(

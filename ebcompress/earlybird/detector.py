@@ -90,6 +90,10 @@ class EarlyBird:
     Masks are drawn by ``draw_options`` (:class:`~ebcompress.channels.DrawOptions`) with its
     fields given as keywords applied on top: ``max_group_ratio=1.0`` is the paper's uncapped
     rule (default 0.9); groups at the limit are named in ``capped`` and, at emergence, warned of.
+    With a ``budget`` among them (:class:`~ebcompress.channels.draw_options.Budget`) each
+    epoch's mask is the one that meets the budget under that epoch's BN scales (its ratio
+    searched), so the mask distance compares budget-constrained tickets; the detector then
+    watches one ratio, the key its tickets are filed under, which the draw does not use.
 
     ``collectives`` is how the data-parallel ranks agree on the masks and on emergence
     (:class:`~ebcompress.earlybird.collectives.Collectives`; default: torch.distributed's
@@ -125,6 +129,12 @@ class EarlyBird:
             )
         # Built (and checked) now, not at the first draw: a mistake should not cost an epoch.
         self.draw_options = resolve_draw_options(draw_options, "draw_options").updated(**changes)
+        if self.draw_options.budget is not None and len(self.ratios) > 1:
+            raise UserError(
+                f"EarlyBird: with a budget ({self.draw_options.budget.describe()}) every "
+                f"epoch's mask is the one that meets it, whatever the ratio; watch one "
+                f"ratio, not {list(self.ratios)} (the recipe: leave prune.watch_ratios empty)"
+            )
         self.model_name = model_name
         if check_int(min_search_epochs, "min_search_epochs") < 0:
             raise UserError(f"min_search_epochs={min_search_epochs} must be >= 0")

@@ -23,7 +23,7 @@ from ebcompress.errors import UserError
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    """One phase: epochs ``start_epoch+1 .. end_epoch`` of ``schedule``, SGD per ``optim``.
+    """One phase: epochs ``start_epoch+1 .. end_epoch`` of ``schedule``, optimiser per ``optim``.
 
     ``end_epoch`` None trains to the schedule's last epoch (:attr:`final_epoch`); a
     ``start_epoch`` outside ``[0, final_epoch]`` is a UserError. ``precision`` names a

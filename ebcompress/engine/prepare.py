@@ -18,7 +18,7 @@ from torch import nn
 from ebcompress.cost.energy import EnergyCounter, available_counters, nvml_counters
 from ebcompress.engine import distributed
 from ebcompress.engine.config import TrainerConfig
-from ebcompress.engine.optim import build_optimizer, build_scheduler
+from ebcompress.engine.optim import EpochSchedule, build_optimizer, build_scheduler
 from ebcompress.engine.precision import Precision, precision_policy
 from ebcompress.errors import UserError
 
@@ -33,7 +33,7 @@ class Prepared:
     model: nn.Module
     net: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: EpochSchedule
     scaler: torch.amp.GradScaler | None
     precision: Precision
     device: torch.device

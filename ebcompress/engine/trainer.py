@@ -1,12 +1,12 @@
 """The training and evaluation loop every phase runs: dense search, retraining, baselines.
 
 One :class:`Trainer` trains one phase (epochs ``start_epoch+1 .. end_epoch`` of a schedule,
-as its :class:`~ebcompress.engine.config.TrainerConfig` says) with SGD and cross-entropy,
-evaluates after every epoch with exact top-1/top-5 counts, calls the callbacks (the
-Early-Bird detector, the BN-L1 regulariser of network slimming), and, given a run directory,
-writes ``metrics.jsonl`` and an atomic checkpoint per epoch from which :meth:`Trainer.fit`
-resumes bit-exactly (the shuffle order of epoch ``e`` is a function of ``(seed, e)``, and
-every RNG state is checkpointed).
+as its :class:`~ebcompress.engine.config.TrainerConfig` says) with its optimiser (SGD by
+default) and cross-entropy, evaluates after every epoch with exact top-1/top-5 counts, calls
+the callbacks (the Early-Bird detector, the BN-L1 regulariser of network slimming), and,
+given a run directory, writes ``metrics.jsonl`` and an atomic checkpoint per epoch from which
+:meth:`Trainer.fit` resumes bit-exactly (the shuffle order of epoch ``e`` is a function of
+``(seed, e)``, and every RNG state is checkpointed).
 
 ``checkpoint_every`` adds checkpoints inside an epoch, and SIGTERM / SIGINT during
 :meth:`Trainer.fit` finish the step in flight, write one and raise
@@ -40,7 +40,7 @@ from ebcompress.engine.checkpoint import capture_rng_state, restore_rng_state
 from ebcompress.engine.config import TrainerConfig
 from ebcompress.engine.loaders import Loaders, TrainingData
 from ebcompress.engine.loop import EpochLoop
-from ebcompress.engine.optim import rebase_lr
+from ebcompress.engine.optim import EpochSchedule
 from ebcompress.engine.phase_files import PhaseFiles
 from ebcompress.engine.preemption import StopSignals
 from ebcompress.engine.prepare import prepare_training
@@ -120,7 +120,7 @@ class Trainer:
         return self.prepared.optimizer
 
     @property
-    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+    def scheduler(self) -> EpochSchedule:
         return self.prepared.scheduler
 
     @property
@@ -249,7 +249,7 @@ class Trainer:
         p.optimizer.load_state_dict(state.optimizer)
         p.scheduler.load_state_dict(state.scheduler)
         if state.base_lr != base_lr:
-            rebase_lr(p.scheduler, base_lr)
+            p.scheduler.rebase(base_lr)
             log(f"{phase}: base lr changed from {state.base_lr:g} to {base_lr:g} on resume")
         if p.scaler is not None and state.scaler is not None:
             p.scaler.load_state_dict(state.scaler)

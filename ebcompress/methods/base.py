@@ -38,7 +38,7 @@ from ebcompress.engine.metrics_file import copy_phase
 from ebcompress.engine.trainer import Trainer
 from ebcompress.errors import UserError
 from ebcompress.methods.catalog import METHODS
-from ebcompress.methods.training import build_trainer
+from ebcompress.methods.training import build_trainer, retrain_schedule
 from ebcompress.recipe import Recipe
 from ebcompress.registry import import_target
 from ebcompress.run.paths import RunPaths
@@ -160,8 +160,25 @@ def train_dense(
 
     A dense network whose training top-1 never got clearly above chance
     (:func:`learning_check`) has nothing worth pruning: that is a one-line UserError naming
-    what to change, raised before any ticket is drawn or retrained."""
+    what to change, raised before any ticket is drawn or retrained.
+
+    ``prune.dense_epochs`` (network slimming, LT, ThiNet: the recipe refuses it elsewhere)
+    replaces the full schedule when ``end_epoch`` is not given: N > 0 trains ``train``'s
+    schedule scaled to N epochs (milestones, steps and warmup as :func:`retrain_schedule`
+    scales them), 0 trains nothing, so the ticket is drawn from the starting weights
+    (``model.init``, required then) and there is no training to check."""
     recipe, shared = run.recipe, run.shared_search_dir
+    dense = recipe.prune.dense_epochs
+    if dense is not None and end_epoch is None:
+        if dense == 0 and recipe.model.init is None:
+            raise UserError(
+                "prune.dense_epochs: 0 prunes the starting weights without training them, but "
+                "they are a random initialisation; set model.init to a trained weights file "
+                "(or prune.dense_epochs to N epochs)"
+            )
+        if dense > 0:
+            recipe = recipe.model_copy(update={"train": retrain_schedule(recipe.train, dense)})
+        end_epoch = dense
     trainer = build_trainer(
         run.model,
         run.data,

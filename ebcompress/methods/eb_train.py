@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ebcompress.channels.capped import warn_capped
+from ebcompress.channels.graph import ChannelGraph
 from ebcompress.earlybird.detector import EarlyBird
 from ebcompress.earlybird.mask_history import MaskHistory
 from ebcompress.engine import distributed
@@ -43,10 +44,17 @@ def early_bird_for(
     ratios: list[float],
     *,
     chance: float | None = None,
+    dense_macs: int | None = None,
 ) -> EarlyBird:
     """The :class:`EarlyBird` a recipe's ``prune`` section describes, watching ``ratios``;
-    ``chance`` is the data's chance top-1 (default: one over the model's output width)."""
+    ``chance`` is the data's chance top-1 (default: one over the model's output width).
+    With a budget (``prune.target_macs``), ``dense_macs`` (``count_flops``' count of the
+    dense model) makes its shares shares of that count (``ChannelGraph.calibrate_cost``)."""
     prune = recipe.prune
+    graph = None
+    if dense_macs is not None and prune.draw_options().budget is not None:
+        graph = ChannelGraph(model, example_inputs)
+        graph.calibrate_cost(dense_macs)
     return EarlyBird(
         model,
         example_inputs,
@@ -55,6 +63,7 @@ def early_bird_for(
         window=prune.window,
         sparsity=prune.sparsity,
         draw_options=prune.draw_options(),
+        graph=graph,
         model_name=recipe.model.name,
         min_search_epochs=prune.min_search_epochs,
         chance=chance,
@@ -71,11 +80,13 @@ class _DistanceLine:
 
     def end_of_epoch(self, epoch: int, stats: EpochStats) -> bool:
         parts = []
+        budget = self.bird.draw_options.budget
         for ratio in self.bird.ratios:
             latest = self.bird.window_distance(ratio)
             shown = "filling window" if latest is None else f"{latest:.4f}"
             mark = " emerged" if self.bird.emerged_epoch.get(ratio) is not None else ""
-            parts.append(f"p={ratio:g}: {shown}{mark}")
+            label = f"p={ratio:g}" if budget is None else budget.describe()
+            parts.append(f"{label}: {shown}{mark}")
         log(
             f"epoch {epoch}: max mask distance in window (eps {self.epsilon:g}) " + ", ".join(parts)
         )
@@ -201,7 +212,12 @@ class EarlyBirdTrain:
         prune = recipe.prune
         ratios = _watched(recipe, prune.ratio)
         bird = early_bird_for(
-            recipe, run.model, run.example_inputs, ratios, chance=chance_top1(run.data)
+            recipe,
+            run.model,
+            run.example_inputs,
+            ratios,
+            chance=chance_top1(run.data),
+            dense_macs=run.dense_macs,
         )
         limit = min(prune.max_search_epochs or recipe.train.epochs, recipe.train.epochs)
         trainer = train_dense(run, [bird, _DistanceLine(bird, prune.epsilon)], end_epoch=limit)

@@ -61,12 +61,15 @@ class _SkippedImagesLine:
 
 
 def optim_config(train: TrainConfig, lr: float | None = None) -> OptimConfig:
-    """``train``'s SGD settings; ``lr`` replaces ``train.lr`` as the base learning rate."""
+    """``train``'s optimiser; ``lr`` replaces ``train.lr`` as the base learning rate."""
     return OptimConfig(
         lr=train.lr if lr is None else lr,
         momentum=train.momentum,
         weight_decay=train.weight_decay,
         nesterov=train.nesterov,
+        name=train.optimizer,
+        kwargs=dict(train.optimizer_kwargs),
+        filter_bias_and_bn=train.filter_bias_and_bn,
     )
 
 
@@ -77,17 +80,32 @@ def schedule_config(train: TrainConfig) -> ScheduleConfig:
         kind=train.schedule,
         milestones=tuple(train.milestones),
         gamma=train.gamma,
+        decay_epochs=train.decay_epochs,
+        warmup_epochs=train.warmup_epochs,
+        warmup_lr=train.warmup_lr,
+        min_lr=train.min_lr,
     )
 
 
 def retrain_schedule(train: TrainConfig, end_epoch: int) -> TrainConfig:
-    """The dense schedule, or the same shape scaled onto a window ending at ``end_epoch``."""
+    """The dense schedule, or the same shape scaled onto a window ending at ``end_epoch``:
+    milestones, the step interval and the warmup scaled by ``end_epoch / train.epochs``
+    (a warmup keeps at least one epoch and leaves at least one after it)."""
     if end_epoch == train.epochs:
         return train
     scale = end_epoch / train.epochs
     milestones = sorted({max(1, round(m * scale)) for m in train.milestones} - {end_epoch})
     milestones = [m for m in milestones if m < end_epoch]
-    return train.model_copy(update={"epochs": end_epoch, "milestones": milestones})
+    warmup = train.warmup_epochs and min(max(1, round(train.warmup_epochs * scale)), end_epoch - 1)
+    decay = train.decay_epochs and max(1, round(train.decay_epochs * scale))
+    return train.model_copy(
+        update={
+            "epochs": end_epoch,
+            "milestones": milestones,
+            "warmup_epochs": warmup,
+            "decay_epochs": decay,
+        }
+    )
 
 
 def build_trainer(

@@ -3,11 +3,13 @@
 Importing this package registers ``vgg{11,13,16,19}_cifar``, ``preresnet_cifar`` (any valid
 depth) with ``preresnet{20,56,101,164}_cifar``, and ``resnet{20,32,56,110}_cifar`` in timm's
 registry, so ``timm.create_model("vgg16_cifar", num_classes=100)`` works. :func:`build_model`
-builds any of them, or a timm or torchvision model, always without pretrained weights.
+builds any of them, or a timm or torchvision model, randomly initialised or with the weights
+of a local file (``init=``, :mod:`ebcompress.models.weights`); it never downloads weights.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import timm
@@ -20,6 +22,7 @@ from ebcompress.models import preresnet_cifar, resnet_cifar, vgg_cifar
 from ebcompress.models.preresnet_cifar import PreResNetCifar
 from ebcompress.models.resnet_cifar import ResNetCifar
 from ebcompress.models.vgg_cifar import VGGCifar
+from ebcompress.models.weights import build_from_file, build_timm_from_file
 
 __all__ = ["PreResNetCifar", "ResNetCifar", "VGGCifar", "build_model", "list_cifar_models"]
 
@@ -34,8 +37,16 @@ def list_cifar_models() -> list[str]:
     return timm.list_models(module=_CIFAR_MODULES)
 
 
-def build_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
-    """A randomly initialised model by name; never downloads weights.
+def build_model(
+    name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    *,
+    init: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """A model by name, randomly initialised or, with ``init``, holding the weights of that
+    local file; never downloads weights.
 
     ``name`` is ``"timm:NAME"`` or a bare ``NAME`` (``timm.create_model``, so the CIFAR zoo
     too), or ``"tv:NAME"`` (``torchvision.models.get_model`` with ``weights=None``).
@@ -46,6 +57,13 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -
     ``kwargs`` go to the model constructor. The model records ``name`` and ``kwargs`` in its
     ``_ebcompress_build`` attribute, which :func:`ebcompress.export` reads to rebuild it when
     no ``spec=`` is given (deep copies and slimmed copies keep it).
+
+    ``init`` (safetensors or a weights-only PyTorch checkpoint, :mod:`ebcompress.models.weights`)
+    is loaded strictly, but a classifier that is missing from the file or has another class
+    count keeps its initialisation; ``_ebcompress_init`` then records the file and that
+    classifier. timm models load it through timm's own mechanism
+    (``pretrained_cfg_overlay=dict(file=...)``, which also adapts the stem to ``in_chans``);
+    the CIFAR zoo and torchvision models are built, then loaded.
     """
     source, _, model_name = name.rpartition(":")
     for forbidden in ("pretrained", "weights"):
@@ -55,9 +73,13 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -
             )
     try:
         if source in ("", "timm"):
-            model = _build_timm(model_name, num_classes, in_chans, kwargs)
+            model = _build_timm(model_name, num_classes, in_chans, kwargs, init)
         elif source == "tv":
-            model = _build_torchvision(model_name, num_classes, in_chans, kwargs)
+
+            def build() -> nn.Module:
+                return _build_torchvision(model_name, num_classes, in_chans, kwargs)
+
+            model = build() if init is None else build_from_file(build, init, name)
         else:
             model = None
     except TypeError as error:
@@ -72,15 +94,29 @@ def build_model(name: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -
     )
 
 
-def _build_timm(name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:
+def _build_timm(
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    kwargs: dict[str, Any],
+    init: str | os.PathLike[str] | None,
+) -> nn.Module:
     if not timm.is_model(name):
         raise UserError(
             f"unknown timm model {name!r}; list them with timm.list_models('*resnet*') "
             "or ebcompress.models.list_cifar_models()"
         )
-    return timm.create_model(
-        name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
-    )
+
+    def build() -> nn.Module:
+        return timm.create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
+        )
+
+    if init is None:
+        return build()
+    if name in list_cifar_models():  # the zoo has no pretrained cfg: built, then loaded
+        return build_from_file(build, init, name)
+    return build_timm_from_file(name, num_classes, in_chans, kwargs, init)
 
 
 def _build_torchvision(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from ebcompress.atomic import write_text_atomic
 from ebcompress.channels.ticket import Ticket
 from ebcompress.engine.metrics_file import read_entries
 from ebcompress.errors import UserError
+from ebcompress.report.forecast import forecast_section
 from ebcompress.report.health import RunHealth, assess_run
-from ebcompress.report.run_report import RunReport, describe_saving
+from ebcompress.report.run_report import RunReport, budget_summary, describe_saving
 from ebcompress.run.paths import RunPaths
 from ebcompress.run.results import RunResults
 from ebcompress.run.state import read_state
@@ -52,18 +54,20 @@ def build_report(run_dir: str | os.PathLike[str]) -> RunReport:
             "finish it with `ebcompress prune ... --resume`"
         )
     epochs = read_entries(paths.metrics)
+    ticket = Ticket.load(paths.ticket)
     return RunReport(
         results=state.results,
         finished=state.updated,
         recipe=_read_recipe(paths.recipe),
         epochs=epochs,
-        health=_health(paths, state.results, epochs, state.divergences),
+        health=_health(ticket, state.results, epochs, state.divergences),
         has_masks=paths.masks.is_dir(),
+        budget=budget_summary(ticket, state.results),
     )
 
 
 def _health(
-    paths: RunPaths,
+    ticket: Ticket,
     results: RunResults,
     epochs: list[dict[str, Any]],
     divergences: tuple[str, ...],
@@ -80,7 +84,7 @@ def _health(
     )
     return assess_run(
         final_top1=results.accuracy.test_top1,
-        ticket=Ticket.load(paths.ticket),
+        ticket=ticket,
         chance_top1=results.data.chance_top1,
         dense_top1_at_ticket=dense,
         emerged=results.ticket.emerged,
@@ -103,7 +107,8 @@ def write_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     report = replace(report, plots=write_run_plots(paths.root, report))
     content = report.to_dict()
     write_text_atomic(paths.report_json, json.dumps(content, indent=1, sort_keys=True) + "\n")
-    write_text_atomic(paths.report_md, render_markdown(report))
+    forecast = forecast_section(paths, report.results)  # forecast.json, when recorded
+    write_text_atomic(paths.report_md, render_markdown(report, forecast))
     return content
 
 
@@ -140,6 +145,7 @@ def _summary(report: RunReport) -> list[str]:
         f"{when} ({t.num_kept} of {t.num_channels} channels kept, "
         f"{t.pruned_fraction * 100:.1f} % pruned).",
         "",
+        *_budget_line(report.budget),
         "| | dense | slim | reduction |",
         "|---|---:|---:|---:|",
         f"| params | {_fmt_count(m.dense.params)} | {_fmt_count(m.slim.params)} "
@@ -149,6 +155,45 @@ def _summary(report: RunReport) -> list[str]:
         "",
         f"Test accuracy after retraining: top-1 {_pct(acc.test_top1)}, "
         f"top-5 {_pct(acc.test_top5)}.",
+        "",
+        *_starting_weights(results),
+    ]
+
+
+def _starting_weights(results: RunResults) -> list[str]:
+    init = results.init
+    if init is None:
+        return []
+    search = results.search.epochs
+    dense = "no dense epoch" if search == 0 else f"{search} dense epoch(s)"
+    head = ""
+    if init.new_head:
+        names = ", ".join(f"`{h}`" for h in init.new_head)
+        head = f" Its classifier ({names}) did not fit the data and started freshly initialised."
+    return [
+        f"Started from the weights in `{init.file}` (sha256 `{init.sha256}`).{head} The "
+        f"training that produced them is not in the cost below, which counts only what this "
+        f"run trained ({dense} before the ticket, then the retraining).",
+        "",
+    ]
+
+
+def _budget_line(budget: dict[str, Any] | None) -> list[str]:
+    """The budget line: its count, the target share, the share the slim network reached."""
+    if budget is None:
+        return []
+    unit = "MACs" if budget["measure"] == "macs" else "params"
+    if budget["within_tolerance"]:
+        verdict = "within 2 % below the budget"
+    elif budget["achieved"] > budget["target"]:
+        verdict = "OVER the budget"
+    else:
+        verdict = "more than 2 % below the budget: round_to or the limits move whole steps"
+    return [
+        f"Budget {_fmt_count(budget['target'] * budget['dense'])} {unit} "
+        f"(target {budget['target'] * 100:g} % of dense), achieved "
+        f"{budget['achieved'] * 100:.1f} % ({_fmt_count(budget['slim'])}, counted on the slim "
+        f"network; {verdict}); the search cut the ranking at p = {budget['ratio']:.3f}.",
         "",
     ]
 
@@ -202,7 +247,8 @@ def _search(report: RunReport) -> list[str]:
         "## Early-Bird search",
         "",
         f"The search trained the dense network for {search.epochs} epochs and drew a mask per "
-        "epoch at every watched ratio; a ticket emerges once the newest mask lies within "
+        "epoch at every watched ratio (or the one meeting the budget); a ticket emerges once "
+        "the newest mask lies within "
         f"distance epsilon = {prune.get('epsilon', '?')} of every other mask in the FIFO window "
         f"of {prune.get('window', '?')} (You et al., ICLR 2020, Algorithm 1).",
         "",
@@ -212,8 +258,9 @@ def _search(report: RunReport) -> list[str]:
     for ratio, distances in search.window_max_distances.items():
         emerged = (search.emerged_epochs or {}).get(ratio)
         latest = next((d for d in reversed(distances) if d is not None), None)
+        watched = ratio if report.budget is None else f"budget ({report.budget['measure']})"
         lines.append(
-            f"| {ratio} | {'—' if emerged is None else emerged} "
+            f"| {watched} | {'—' if emerged is None else emerged} "
             f"| {'window not full' if latest is None else f'{latest:.4f}'} |"
         )
     return [
@@ -298,8 +345,10 @@ def _cost(report: RunReport) -> list[str]:
     ]
 
 
-def render_markdown(report: RunReport) -> str:
-    """A report that reads well on GitHub, embedding the plots of ``report.plots``."""
+def render_markdown(report: RunReport, forecast: Sequence[str] = ()) -> str:
+    """A report that reads well on GitHub, embedding the plots of ``report.plots``;
+    ``forecast`` (:func:`~ebcompress.report.forecast.forecast_section`'s lines) follows the
+    cost table."""
     lines = [
         *_summary(report),
         *_health_section(report),
@@ -307,6 +356,7 @@ def render_markdown(report: RunReport) -> str:
         *_channels(report),
         *_training(report),
         *_cost(report),
+        *forecast,
     ]
     skipped = (report.plots or {}).get("skipped") or {}
     if skipped:

@@ -29,6 +29,7 @@ from ebcompress.recipe import Recipe, validate_recipe
 from ebcompress.report.build import build_report
 from ebcompress.report.plots_compare import plot_accuracy_vs_flops
 from ebcompress.report.run_report import RunReport, describe_saving
+from ebcompress.run.init_weights import with_init_checksum
 from ebcompress.run.lock import run_lock
 from ebcompress.run.paths import ComparePaths, RunPaths
 from ebcompress.run.pipeline import run_pipeline
@@ -68,6 +69,12 @@ def run_compare(
     for ratio in ratios:
         if not 0 < ratio < 1:
             raise UserError(f"--ratios: {ratio:g} is outside (0, 1)")
+    budget = recipe.prune.draw_options().budget
+    if budget is not None:  # every "ratio" would draw the same budget ticket
+        raise UserError(
+            f"compare varies prune.ratio, which a budget ({budget.describe()}) replaces; "
+            "drop prune.target_macs / target_params, or run ebcompress prune once per budget"
+        )
     out = ComparePaths(out_dir, shared_dir)
     with contextlib.ExitStack() as locks:
         if dist.is_main():
@@ -88,13 +95,17 @@ def _run_all(
     progress: bool,
     shared: bool,
 ) -> list[dict[str, Any]]:
-    base = recipe.to_dict()
+    # the checksum of model.init, once: every run's recipe.yaml and every shared folder's
+    # claim record it, so a file whose content changed is never reused
+    base = with_init_checksum(recipe).to_dict()
     rows = []
     for method in methods:
+        prune = {**base["prune"], "method": method}
+        if METHODS.get(method).shares != "dense":  # dense_epochs sets NS's, LT's, ThiNet's
+            prune.pop("dense_epochs", None)
         variants = {
             ratio: validate_recipe(
-                {**base, "prune": {**base["prune"], "method": method, "ratio": ratio}},
-                where=f"compare {method} p={ratio:g}",
+                {**base, "prune": {**prune, "ratio": ratio}}, where=f"compare {method} p={ratio:g}"
             )
             for ratio in ratios
         }

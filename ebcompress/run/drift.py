@@ -5,9 +5,10 @@ that only affect how the run executes (worker count, export formats, the data fo
 are allowed; so are the learning rates, because lowering them is the documented way to
 continue a diverged run (:class:`ebcompress.engine.divergence.DivergenceError`). Every other change
 would mix two experiments in one directory and is refused, naming each field and its two
-values, unless ``--force-resume`` is given. Whatever is accepted is appended to
-``recipe_history.jsonl`` before ``recipe.yaml`` is replaced, so it is never overwritten
-silently.
+values, unless ``--force-resume`` is given. The starting weights are compared by checksum
+(``model.init_sha256``, which the pipeline fills in): the file may move, not change. Whatever
+is accepted is appended to ``recipe_history.jsonl`` before ``recipe.yaml`` is replaced, so it
+is never overwritten silently.
 """
 
 from __future__ import annotations
@@ -43,7 +44,13 @@ HARMLESS = frozenset(
 )
 #: What a run directory written before a field existed did, where the field's default is not
 #: that behaviour; every other missing field's default reproduces the old behaviour.
-LEGACY = {"prune.max_group_ratio": 1.0, "retrain.schedule": "continue"}
+LEGACY = {
+    "prune.max_group_ratio": 1.0,
+    "retrain.schedule": "continue",
+    "model.init": None,  # runs before starting weights existed started from random ones
+    "model.init_sha256": None,
+    "prune.dense_epochs": None,
+}
 
 
 class Change(NamedTuple):
@@ -81,6 +88,25 @@ def _with_missing_fields(
     return out
 
 
+def harmless(change: Change) -> bool:
+    """Whether a resume may make ``change``: a :data:`HARMLESS` field, or ``model.init``
+    moved (both set; ``model.init_sha256`` says whether the content changed)."""
+    if change.field == "model.init":
+        return change.stored is not None and change.given is not None
+    return change.field in HARMLESS
+
+
+def _with_init_checksum(stored: dict[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``stored`` with the given ``model.init_sha256`` where it records ``model.init`` but no
+    checksum (a recipe.yaml the pipeline did not write: compare serves a run from its shared
+    search's recipe), so a checksum recorded only now is no change."""
+    model = stored.get("model")
+    if not isinstance(model, Mapping) or model.get("init") is None or model.get("init_sha256"):
+        return stored
+    checksum = (given.get("model") or {}).get("init_sha256")
+    return {**stored, "model": {**model, "init_sha256": checksum}}
+
+
 def check_resume(run_dir: Path, recipe: Recipe, *, force: bool = False) -> list[Change]:
     """Refuse a resume whose recipe changes the result (module docstring); record the rest.
 
@@ -99,8 +125,8 @@ def check_resume(run_dir: Path, recipe: Recipe, *, force: bool = False) -> list[
             f"{str(path)!r} is not a recipe any more; restore it or start afresh with --overwrite"
         )
     given = recipe.to_dict()
-    changes = recipe_changes(_with_missing_fields(stored, given), given)
-    altering = [c for c in changes if c.field not in HARMLESS]
+    changes = recipe_changes(_with_init_checksum(_with_missing_fields(stored, given), given), given)
+    altering = [c for c in changes if not harmless(c)]
     if altering and not force:
         listed = "; ".join(f"{c.field}: {c.stored!r} -> {c.given!r}" for c in altering)
         raise UserError(

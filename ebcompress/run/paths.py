@@ -31,6 +31,7 @@ MODEL = "model"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PLOTS = "plots"
+FORECAST = "forecast.json"
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,11 @@ class RunPaths:
     @property
     def plots(self) -> Path:
         return self.root / PLOTS
+
+    @property
+    def forecast(self) -> Path:
+        """The cost forecast made before the run (``ebcompress prune --plan``), if any."""
+        return self.root / FORECAST
 
     def plot(self, name: str) -> Path:
         """``plots/<name>.png``; :func:`relative` gives the form report.md links to."""

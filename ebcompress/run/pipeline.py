@@ -43,6 +43,7 @@ from ebcompress.models import build_model
 from ebcompress.recipe import Recipe
 from ebcompress.report.build import write_report
 from ebcompress.run.drift import check_resume
+from ebcompress.run.init_weights import describe_init, init_summary, with_init_checksum
 from ebcompress.run.lock import run_lock
 from ebcompress.run.paths import RunPaths
 from ebcompress.run.results import (
@@ -99,6 +100,7 @@ def run_pipeline(
         if state is not None and state.finished:
             return write_report(run_dir) if dist.is_main() else {}
         try:
+            recipe = with_init_checksum(recipe)  # recipe.yaml records model.init's sha256
             if resume:
                 _on_rank_0(lambda: check_resume(run_dir, recipe, force=force_resume))
             if dist.is_main():
@@ -151,10 +153,16 @@ def start_run(
 
     def build_dense(seed_offset: int = 0) -> nn.Module:
         torch.manual_seed(recipe.seed + seed_offset)
-        net = build_model(recipe.model.name, data.num_classes, data.in_chans, **recipe.model.kwargs)
+        # model.init is the dense start; reinit (offset 1) re-initialises randomly, unloaded
+        init = recipe.model.init if seed_offset == 0 else None
+        m = recipe.model
+        net = build_model(m.name, data.num_classes, data.in_chans, init=init, **m.kwargs)
         return net.to(device)
 
     model = build_dense()
+    started = init_summary(recipe, model)
+    if started is not None:
+        log(describe_init(started))
     zero_init = find_zero_init_bn(model)
     if zero_init:
         log(
@@ -177,6 +185,7 @@ def start_run(
         resume=resume,
         progress=progress,
         build_dense=lambda: build_dense(seed_offset=1),
+        # the weights LT rewinds to: the initialisation, or the loaded model.init
         initial_state={k: v.detach().clone() for k, v in model.state_dict().items()},
     )
     return run, dense_cost
@@ -370,4 +379,5 @@ def _results(
             dense=dense_cost,
             slim=retrained.cost,
         ),
+        init=init_summary(recipe, run.model),
     )

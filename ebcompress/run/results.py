@@ -5,8 +5,8 @@ The pipeline builds it at the end of a run; :mod:`ebcompress.run.state` stores i
 the health verdict, the plots, compare and the CLI read it by attribute. ``from_dict`` reads
 the results of every earlier version: fields added since then get the value that version's
 runs had (``retrain.schedule`` is derived from the start epoch as the pipeline derives it;
-no chance level, no skipped images). Derived numbers (totals, reductions, the saving) are
-recomputed, never read.
+no chance level, no skipped images, no starting weights). Derived numbers (totals,
+reductions, the saving) are recomputed, never read.
 
 This module imports only the core, so the report layer may import it while ``run.pipeline``
 imports the report layer (docs/architecture.md, "Run directory").
@@ -105,6 +105,16 @@ class ModelSummary:
 
 
 @dataclass(frozen=True)
+class InitSummary:
+    """The weights the run started from (``model.init``): the file, its sha256, and the
+    classifier modules that kept their initialisation because the file's did not fit."""
+
+    file: str
+    sha256: str
+    new_head: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class CostSummary:
     """Training cost per phase (the run's ledger) against a full dense training."""
 
@@ -151,6 +161,7 @@ class RunResults:
     accuracy: Accuracy
     cost: CostSummary
     model: ModelSummary
+    init: InitSummary | None = None  # None: a random initialisation (and every earlier run)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe, in the layout report.json copies."""
@@ -159,6 +170,8 @@ class RunResults:
         for key in ("emerged_epochs", "window_max_distances"):
             if getattr(self.search, key) is not None:
                 search[key] = getattr(self.search, key)
+        init = self.init
+        started = {} if init is None else {"init": {**vars(init), "new_head": list(init.new_head)}}
         return {
             "run": self.run,
             "method": self.method,
@@ -207,6 +220,7 @@ class RunResults:
                 "mac_reduction": self.model.mac_reduction,
                 "param_reduction": self.model.param_reduction,
             },
+            **started,
         }
 
     @classmethod
@@ -269,7 +283,16 @@ class RunResults:
                 dense=_flop_count(m["dense"]),
                 slim=_flop_count(m["slim"]),
             ),
+            init=None if data.get("init") is None else _init(data["init"]),
         )
+
+
+def _init(data: Mapping[str, Any]) -> InitSummary:
+    return InitSummary(
+        file=str(data["file"]),
+        sha256=str(data["sha256"]),
+        new_head=tuple(str(h) for h in data.get("new_head") or ()),
+    )
 
 
 def _flop_count(data: Mapping[str, Any]) -> FlopCount:

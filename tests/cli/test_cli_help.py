@@ -10,7 +10,7 @@ import pytest
 
 from ebcompress.methods.catalog import METHODS
 
-COMMANDS = ["prune", "compare", "export", "bench", "report", "recipes", "flops"]
+COMMANDS = ["prune", "compare", "export", "bench", "report", "recipes", "flops", "plan"]
 
 
 def _help_in_a_fresh_interpreter(*argv: str) -> tuple[str, list[str]]:

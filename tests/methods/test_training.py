@@ -18,13 +18,20 @@ from ebcompress.recipe import Recipe, TrainConfig
 TRAIN = {
     "epochs": 8,
     "batch_size": 8,
+    "optimizer": "sgd",  # the default: nesterov is sgd's alone (adamw: its own test below)
+    "optimizer_kwargs": {"foreach": False},
     "lr": 0.2,
     "momentum": 0.8,
     "weight_decay": 5e-4,
+    "filter_bias_and_bn": True,
     "nesterov": True,
     "schedule": "cosine",
     "milestones": [4, 6],
     "gamma": 0.5,
+    "decay_epochs": 3,
+    "warmup_epochs": 2,
+    "warmup_lr": 1e-3,
+    "min_lr": 1e-4,
     "precision": "bf16",
     "channels_last": True,
     "sync_bn": True,
@@ -53,8 +60,15 @@ def test_every_train_field_reaches_the_engine_config(tmp_path) -> None:
     assert trainer.config == TrainerConfig(
         phase="phase",
         batch_size=8,
-        optim=OptimConfig(lr=0.2, momentum=0.8, weight_decay=5e-4, nesterov=True),
-        schedule=ScheduleConfig(8, kind="cosine", milestones=(4, 6), gamma=0.5),
+        optim=OptimConfig(
+            lr=0.2,
+            momentum=0.8,
+            weight_decay=5e-4,
+            nesterov=True,
+            kwargs={"foreach": False},
+            filter_bias_and_bn=True,
+        ),
+        schedule=ScheduleConfig(8, "cosine", (4, 6), 0.5, 3, 2, 1e-3, 1e-4),
         end_epoch=5,
         precision="bf16",
         channels_last=True,
@@ -75,7 +89,7 @@ def test_a_retrain_plan_sets_window_lr_precision_and_callbacks() -> None:
     trainer = build(recipe(lr=0.03, precision="fp32"), plan=plan, callbacks=[extra])
     config = trainer.config
     assert (config.start_epoch, config.end_epoch, config.final_epoch) == (2, 4, 4)
-    assert config.schedule == ScheduleConfig(4, kind="cosine", milestones=(2, 3), gamma=0.5)
+    assert config.schedule == ScheduleConfig(4, "cosine", (2, 3), 0.5, 2, 1, 1e-3, 1e-4)
     assert (config.optim.lr, config.precision) == (0.03, "fp32")
     assert trainer.callbacks[:2] == [mask, extra] and len(trainer.callbacks) == 3
 
@@ -92,3 +106,23 @@ def test_a_window_scales_the_milestones_onto_its_epochs() -> None:
     assert retrain_schedule(train, 160) is train
     assert retrain_schedule(train, 40).milestones == [20, 30]
     assert retrain_schedule(TrainConfig(epochs=10, milestones=[1, 9]), 2).milestones == [1]
+
+
+def test_a_window_scales_the_step_interval_and_the_warmup_too() -> None:
+    train = TrainConfig(epochs=160, schedule="step", decay_epochs=30, warmup_epochs=5)
+    window = retrain_schedule(train, 40)
+    assert (window.decay_epochs, window.warmup_epochs, window.milestones) == (8, 1, [20, 30])
+    short = retrain_schedule(TrainConfig(epochs=10, milestones=[], warmup_epochs=9), 2)
+    assert (short.warmup_epochs, short.decay_epochs) == (1, None)  # one epoch left after it
+    assert retrain_schedule(TrainConfig(epochs=10, milestones=[]), 5).warmup_epochs == 0
+
+
+def test_the_optimizer_name_and_its_arguments_reach_the_engine() -> None:
+    train = {"optimizer": "adamw", "optimizer_kwargs": {"betas": [0.8, 0.9]}, "lr": 1e-3}
+    trainer = build(Recipe(train={"epochs": 2, "milestones": [1], **train}))
+    optim = trainer.config.optim
+    assert (optim.name, optim.kwargs, optim.lr, optim.nesterov) == (
+        "adamw", {"betas": [0.8, 0.9]}, 1e-3, False,
+    )  # fmt: skip
+    assert type(trainer.optimizer) is torch.optim.AdamW
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.8, 0.9)

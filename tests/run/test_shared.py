@@ -234,3 +234,10 @@ def test_a_channels_last_compare_saves_its_searches_and_finishes(tmp_path, share
     assert [r["run_dir"] for r in result["rows"]] == ["eb_p30", "eb_p70", "ns_p30", "ns_p70"]
     for row in result["rows"]:
         assert (tmp_path / row["run_dir"] / "model" / "model.safetensors").is_file()
+
+
+def test_a_compare_with_a_macs_budget_is_refused_in_one_line(tmp_path) -> None:
+    recipe = load_recipe("quickstart", [*TINY, "prune.target_macs=0.5", "prune.watch_ratios=[]"])
+    with pytest.raises(UserError, match="compare varies prune.ratio, which a budget"):
+        run_compare(recipe, tmp_path, methods=["eb"], ratios=RATIOS, progress=False)
+    assert not any(tmp_path.iterdir())
