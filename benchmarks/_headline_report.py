@@ -7,6 +7,7 @@ the page always shows every seed finished so far, whichever session ran it.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -71,6 +72,7 @@ def _row(run_dir: Path, seed: int, protocol: str) -> dict[str, Any] | None:
         "dense_macs": r.model.dense.macs,
         "slim_macs": r.model.slim.macs,
         "shared_search": r.search.extra.get("shared_search"),
+        "health": _health(run_dir),
         "window_max_distances": (r.search.window_max_distances or {}).get(f"{r.ticket.ratio:g}"),
     }
 
@@ -90,6 +92,15 @@ def _epoch_seconds(runs: Path) -> dict[str, dict[str, float]]:
         if found:
             out[seed_dir.name[4:]] = found
     return out
+
+
+def _health(run_dir: Path) -> dict[str, Any]:
+    """The run's health verdict from its report.json (ok / warning / failed, and why)."""
+    path = run_dir / "report.json"
+    health = (
+        json.loads(path.read_text(encoding="utf-8")).get("health", {}) if path.is_file() else {}
+    )
+    return {"status": health.get("status", "unknown"), "flags": health.get("flags", [])}
 
 
 def _dense(runs: Path) -> list[dict[str, Any]]:
@@ -133,6 +144,7 @@ def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "seconds_mean": mean_sd(r["seconds"] for r in group)[0],
                 "ticket_epochs": [r["ticket_epoch"] for r in group],
                 "slim_macs": group[0]["slim_macs"],
+                "failed": [r["seed"] for r in group if r["health"]["status"] == "failed"],
             }
         )
     order = {m: i for i, m in enumerate(("eb", "ns", "lt", "snip", "thinet"))}
@@ -152,8 +164,26 @@ def _eb_vs_ns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
                 for m in ("eb", "ns")
             }
-            seeds = sorted(set(pick["eb"]) & set(pick["ns"]))
+            paired = sorted(set(pick["eb"]) & set(pick["ns"]))
+            # a broken slim model is no result to compare with (its health check failed)
+            seeds = [
+                s
+                for s in paired
+                if all(pick[m][s]["health"]["status"] != "failed" for m in ("eb", "ns"))
+            ]
+            failed = {
+                m: {
+                    s: pick[m][s]["health"]["flags"][:1]
+                    for s in paired
+                    if pick[m][s]["health"]["status"] == "failed"
+                }
+                for m in ("eb", "ns")
+            }
             if not seeds:
+                if paired:
+                    out.append(
+                        {"protocol": protocol, "ratio": ratio, "seeds": [], "failed": failed}
+                    )
                 continue
             eb, ns = pick["eb"], pick["ns"]
             flops = [ns[s]["total_flops"] / eb[s]["total_flops"] for s in seeds]
@@ -172,6 +202,7 @@ def _eb_vs_ns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "eb_ticket_epochs": [eb[s]["ticket_epoch"] for s in seeds],
                 "eb_retrain_epochs": eb[seeds[0]]["retrain_epochs"],
                 "mac_share": eb[seeds[0]]["slim_macs"] / eb[seeds[0]]["dense_macs"],
+                "failed": failed,
                 "epsilon_epochs": {
                     f"{eps:g}": [_first_below(eb[s]["window_max_distances"], eps) for s in seeds]
                     for eps in EPSILONS
@@ -252,15 +283,18 @@ def markdown(result: dict[str, Any], png: str | None) -> str:
             continue
         lines += ["", f"## Protocol `{protocol}`", ""]
         lines += [
-            "| method | p | top-1 % | train FLOPs | train s | ticket epoch(s) | slim MACs |",
-            "|---|---|---|---|---|---|---|",
+            "| method | p | top-1 % | train FLOPs | train s | ticket epoch(s) | slim MACs "
+            "| health |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for s in rows:
             lines.append(
                 f"| {s['method']} | {s['ratio']:g} | "
                 f"{_pm(s['top1_mean'], s['top1_sd'], len(s['seeds']))} | "
                 f"{s['flops_mean']:.3e} | {s['seconds_mean']:.0f} | "
-                f"{', '.join(str(e) for e in s['ticket_epochs'])} | {s['slim_macs']:,} |"
+                f"{', '.join(str(e) for e in s['ticket_epochs'])} | {s['slim_macs']:,} | "
+                + (f"**failed** (seed {', '.join(map(str, s['failed']))})" if s["failed"] else "ok")
+                + " |"
             )
         lines += _targets(result, protocol)
     lines += _trained_lines(result)
@@ -284,6 +318,19 @@ def _targets(result: dict[str, Any], protocol: str) -> list[str]:
     ]
     notes = []
     for e in entries:
+        broken = "; ".join(
+            f"{m.upper()} seed {seed}: {flags[0] if flags else 'failed'}"
+            for m, by_seed in e["failed"].items()
+            for seed, flags in by_seed.items()
+        )
+        if broken:
+            notes.append(
+                f"p={e['ratio']:g}: left out of the pairing, their slim model failed its health "
+                f"check: {broken}"
+            )
+        if not e["seeds"]:
+            lines.append(f"| {e['ratio']:g} | 0 | no healthy pair | | |")
+            continue
         t, p = e["targets"], e["points"]
         ci = "" if p["ci"] is None else f" [{p['ci'][0]:+.2f}, {p['ci'][1]:+.2f}]"
         lines.append(

@@ -43,9 +43,11 @@ def test_headline_accumulates_seeds_and_pairs_eb_with_ns(tmp_path, monkeypatch) 
         (0, "paper", "snip"),
     }
     paper = next(e for e in result["eb_vs_ns"] if e["protocol"] == "paper")
-    assert paper["seeds"] == [0, 1] and paper["points"]["n"] == 2
-    assert paper["points"]["ci"] is not None and paper["flops_ratio"] > 1
-    assert set(paper["targets"]) == {"flops", "accuracy", "wall"}
+    # a toy run at chance fails its health check: it is left out of the pairing, and said so
+    failed = {m: sorted(by_seed) for m, by_seed in paper["failed"].items() if by_seed}
+    assert paper["seeds"] == [s for s in (0, 1) if all(s not in v for v in failed.values())]
+    if failed:
+        assert "left out of the pairing" in (tmp_path / "res" / "t.md").read_text()
     # the finetune protocol retrained from the paper protocol's searches: none trained twice
     by_run = {(r["seed"], r["protocol"], r["method"]): r for r in result["rows"]}
     for seed in (0, 1):
@@ -87,3 +89,26 @@ def test_compare_sharing_measures_both_modes_and_checks_they_agree(tmp_path) -> 
     page = (tmp_path / "res" / "compare_sharing_short.md").read_text()
     assert "Same tickets and slim weights in every run: yes" in page
     assert ("met" in page) or ("**MISSED**" in page and "Why it is missed" in page)
+
+
+def test_the_pairing_leaves_out_broken_runs_and_gives_an_interval() -> None:
+    import _headline_report as report
+
+    def row(method, seed, top1, flops, status="ok"):
+        return {
+            "seed": seed, "protocol": "paper", "method": method, "ratio": 0.5,
+            "test_top1": top1, "total_flops": flops, "seconds": flops / 1e9,
+            "ticket_epoch": 4 if method == "eb" else 20, "retrain_epochs": 20,
+            "slim_macs": 50, "dense_macs": 100, "window_max_distances": [None, 0.3, 0.12],
+            "health": {"status": status, "flags": ["near chance"] if status == "failed" else []},
+        }  # fmt: skip
+
+    rows = [row("eb", s, 0.90 + 0.001 * s, 1e12) for s in range(3)]
+    rows += [row("ns", s, 0.905, 3.5e12) for s in range(2)]
+    rows.append(row("ns", 2, 0.10, 3.5e12, status="failed"))
+    (entry,) = report._eb_vs_ns(rows)
+    assert entry["seeds"] == [0, 1] and entry["failed"]["ns"] == {2: ["near chance"]}
+    assert entry["points"]["n"] == 2 and entry["points"]["ci"] is not None
+    assert entry["flops_ratio"] == pytest.approx(3.5)
+    assert entry["targets"]["flops"] is True
+    assert entry["epsilon_epochs"]["0.15"] == [3, 3]
