@@ -18,7 +18,7 @@ the quickstart and Fashion-MNIST recipes (every phase, both time measures). Each
 the comparison too. Forecast and runs share the machine's load, whatever it is; the load
 average is recorded.
 
-    python benchmarks/plan_accuracy.py                  # about 8 minutes on 2 idle cores
+    python benchmarks/plan_accuracy.py                  # about 7 minutes on 2 cores
     python benchmarks/plan_accuracy.py --budget short   # the quickstart only, shortened
 """
 
