@@ -99,6 +99,7 @@ def test_the_pairing_leaves_out_broken_runs_and_gives_an_interval() -> None:
             "seed": seed, "protocol": "paper", "method": method, "ratio": 0.5,
             "test_top1": top1, "total_flops": flops, "seconds": flops / 1e9,
             "ticket_epoch": 4 if method == "eb" else 20, "retrain_epochs": 20,
+            "search_epochs": 4 if method == "eb" else 20,
             "slim_macs": 50, "dense_macs": 100, "window_max_distances": [None, 0.3, 0.12],
             "health": {"status": status, "flags": ["near chance"] if status == "failed" else []},
         }  # fmt: skip
@@ -110,5 +111,5 @@ def test_the_pairing_leaves_out_broken_runs_and_gives_an_interval() -> None:
     assert entry["seeds"] == [0, 1] and entry["failed"]["ns"] == {2: ["near chance"]}
     assert entry["points"]["n"] == 2 and entry["points"]["ci"] is not None
     assert entry["flops_ratio"] == pytest.approx(3.5)
-    assert entry["targets"]["flops"] is True
+    assert entry["targets"]["flops"] is True and entry["search_bound"] == pytest.approx(5.0)
     assert entry["epsilon_epochs"]["0.15"] == [3, 3]
