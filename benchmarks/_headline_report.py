@@ -28,8 +28,14 @@ EPSILONS = (0.1, 0.15, 0.2, 0.25)  # where the mask test alone would have stoppe
 _RUN = re.compile(r"^(?P<method>[a-z]+)_p(?P<ratio>\d+)$")
 
 
-def collect(runs: Path, ratios: list[float]) -> dict[str, Any]:
-    """Every finished run, the dense references, and the statistics over seeds."""
+def collect(
+    runs: Path, ratios: list[float], earlier: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Every finished run, the dense references, and the statistics over seeds.
+
+    ``earlier`` is the results JSON a previous session wrote: its rows, dense references and
+    epoch times are kept wherever the run folders no longer hold them (another machine), so
+    the page accumulates seeds across sessions; a run folder's own record wins."""
     rows = []
     for seed_dir in sorted(runs.glob("seed*")):
         seed = int(seed_dir.name[4:])
@@ -38,14 +44,33 @@ def collect(runs: Path, ratios: list[float]) -> dict[str, Any]:
                 row = _row(run_dir, seed, protocol)
                 if row is not None and any(abs(row["ratio"] - r) < 1e-9 for r in ratios):
                     rows.append(row)
+    earlier = earlier or {}
+    rows = _merged(earlier.get("rows", []), rows, ("seed", "protocol", "method", "ratio"))
+    dense = _merged(earlier.get("dense", []), _dense(runs), ("seed", "method"))
+    seconds = {**earlier.get("dense_epoch_seconds", {}), **_epoch_seconds(runs)}
     return {
         "rows": rows,
-        "dense": _dense(runs),
+        "dense": dense,
         "summary": _summary(rows),
         "eb_vs_ns": _eb_vs_ns(rows),
         "trained": _trained(rows),
-        "dense_epoch_seconds": _epoch_seconds(runs),
+        "dense_epoch_seconds": seconds,
     }
+
+
+def _merged(old: list[dict], new: list[dict], key: tuple[str, ...]) -> list[dict]:
+    """``old`` and ``new`` records by ``key``, ``new`` winning, in key order."""
+    by_key = {tuple(r[k] for k in key): r for r in old}
+    by_key.update({tuple(r[k] for k in key): r for r in new})
+    return [by_key[k] for k in sorted(by_key, key=lambda k: tuple(map(str, k)))]
+
+
+def done(earlier: dict[str, Any] | None, seed: int, protocol: str, methods, ratios) -> bool:
+    """Whether ``earlier`` results already hold every run of one job."""
+    have = {
+        (r["seed"], r["protocol"], r["method"], r["ratio"]) for r in (earlier or {}).get("rows", [])
+    }
+    return all((seed, protocol, m, r) in have for m in methods for r in ratios)
 
 
 def _row(run_dir: Path, seed: int, protocol: str) -> dict[str, Any] | None:

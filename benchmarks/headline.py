@@ -17,10 +17,11 @@ one ``shared/`` folder, so each search (one EB search for all ratios, one dense 
 baseline) is trained once per seed (:mod:`ebcompress.run.shared`).
 
 Resumable at every level: a finished run is read back, an interrupted one resumes from its
-checkpoints, and the results page is rebuilt from the run folders after every job, so it
-accumulates seeds across sessions. ``<runs>/jobs.jsonl`` records each job's machine, load
-average, versions and dates (:func:`_seed_stats.provenance`). ``--report-only`` redraws the
-page from what is there.
+checkpoints, and the results page is rebuilt after every job from the run folders and the
+results JSON itself, so it accumulates seeds across sessions, and machines: a job whose runs
+the results already hold is not run again even where its folders are gone.
+``<runs>/jobs.jsonl`` records each job's machine, load average, versions and dates
+(:func:`_seed_stats.provenance`). ``--report-only`` redraws the page from what is there.
 
     python benchmarks/headline.py                    # full: hours on a 2-core CPU
     python benchmarks/headline.py --budget short     # minutes, on 2,000 / 1,000 images
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _headline_report import collect, markdown, plot  # noqa: E402
+from _headline_report import collect, done, markdown, plot  # noqa: E402
 from _seed_stats import provenance  # noqa: E402
 from _shared import RESULTS  # noqa: E402
 
@@ -115,16 +116,25 @@ def run_job(
     )
 
 
+def earlier_results(path: Path) -> dict[str, Any] | None:
+    """The results JSON an earlier session wrote (None: none yet)."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def write_page(args: Any, runs: Path, stem: str) -> dict[str, Any]:
-    """Rebuild ``<results>/<stem>.{json,md,png}`` from the run folders."""
-    result = collect(runs, args.ratios)
+    """Rebuild ``<results>/<stem>.{json,md,png}`` from the run folders and, for runs they no
+    longer hold, the results an earlier session wrote."""
+    earlier = earlier_results(args.results / f"{stem}.json")
+    result = collect(runs, args.ratios, earlier)
+    jobs = (earlier or {}).get("jobs", []) + read_entries(runs / "jobs.jsonl")
+    unique = {(j["job"], j["event"], j["date"]): j for j in jobs}
     result.update(
         benchmark="headline",
         budget=args.budget,
         recipe=RECIPE,
         overrides=list(BUDGETS[args.budget]["overrides"]) + args.overrides,
         finetune_epochs=args.finetune_epochs,
-        jobs=read_entries(runs / "jobs.jsonl"),
+        jobs=sorted(unique.values(), key=lambda j: j["date"]),
         runs=str(runs),
     )
     args.results.mkdir(parents=True, exist_ok=True)
@@ -165,6 +175,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     baselines = [m.strip() for m in args.baselines.split(",") if m.strip()]
     if not args.report_only:
         for seed, protocol, methods in jobs(seeds, baseline_seeds, baselines):
+            earlier = earlier_results(args.results / f"{stem}.json")
+            if done(earlier, seed, protocol, methods, args.ratios):
+                continue  # its runs are in the results already (an earlier session's)
             recipe = protocol_recipe(base, seed, protocol, args.finetune_epochs)
             run_job(recipe, runs, seed, protocol, methods, args)
             write_page(args, runs, stem)  # after every job: an interrupted session keeps it

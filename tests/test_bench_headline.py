@@ -5,6 +5,7 @@ the targets; shared and independent compares agree."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -71,6 +72,11 @@ def test_headline_accumulates_seeds_and_pairs_eb_with_ns(tmp_path, monkeypatch) 
     again = headline.main([*argv, "--report-only"])
     assert again["rows"] == result["rows"]
     assert json.loads((tmp_path / "res" / "t.json").read_text())["rows"] == result["rows"]
+    # another machine: the run folders are gone, the results file is not; nothing is rerun
+    shutil.rmtree(tmp_path / "runs")
+    elsewhere = headline.main(argv)
+    assert elsewhere["rows"] == result["rows"] and elsewhere["dense"] == result["dense"]
+    assert len(elsewhere["jobs"]) == len(result["jobs"])
 
 
 @pytest.mark.slow
