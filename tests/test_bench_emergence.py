@@ -4,6 +4,7 @@ resume, and the summary's target verdicts (tiny fake Fashion-MNIST; see test_ben
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,14 @@ def test_a_killed_run_resumes_without_redoing_finished_searches_or_tickets(
     record = json.loads((tmp_path / "e.json").read_text())
     record["runs"]["1"]["points"].pop()
     record["runs"]["1"].pop("finished")
+    (tmp_path / "e.json").write_text(json.dumps(record))
+    # ... but where the snapshots are gone altogether (another machine), the seed searches
+    # again and keeps its retrained tickets, its dense run being the same
+    shutil.move(tmp_path / "runs" / "seed1", tmp_path / "seed1_moved")
+    searches.clear()
+    elsewhere = eb_emergence.main(argv)
+    assert searches == [1] and elsewhere["runs"]["1"]["finished"]
+    assert elsewhere["runs"]["1"]["points"][:-1] == record["runs"]["1"]["points"]
     (tmp_path / "e.json").write_text(json.dumps(record))
     (tmp_path / "runs" / "seed1" / "epoch3.safetensors").write_bytes(b"not it")
     with pytest.raises(UserError, match="seed1/epoch3.safetensors is missing or not the file"):
