@@ -176,8 +176,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.report_only:
         for seed, protocol, methods in jobs(seeds, baseline_seeds, baselines):
             earlier = earlier_results(args.results / f"{stem}.json")
-            if done(earlier, seed, protocol, methods, args.ratios):
-                continue  # its runs are in the results already (an earlier session's)
+            # the methods whose runs the results hold already (an earlier session's) are done
+            methods = [m for m in methods if not done(earlier, seed, protocol, [m], args.ratios)]
+            if not methods:
+                continue
             recipe = protocol_recipe(base, seed, protocol, args.finetune_epochs)
             run_job(recipe, runs, seed, protocol, methods, args)
             write_page(args, runs, stem)  # after every job: an interrupted session keeps it

@@ -72,7 +72,8 @@ def test_headline_accumulates_seeds_and_pairs_eb_with_ns(tmp_path, monkeypatch) 
     again = headline.main([*argv, "--report-only"])
     assert again["rows"] == result["rows"]
     assert json.loads((tmp_path / "res" / "t.json").read_text())["rows"] == result["rows"]
-    # another machine: the run folders are gone, the results file is not; nothing is rerun
+    # another machine: the run folders are gone, the results file is not; nothing is rerun,
+    # and a job adding a method trains only that method
     shutil.rmtree(tmp_path / "runs")
     elsewhere = headline.main(argv)
     assert elsewhere["rows"] == result["rows"] and elsewhere["dense"] == result["dense"]
@@ -119,3 +120,30 @@ def test_the_pairing_leaves_out_broken_runs_and_gives_an_interval() -> None:
     assert entry["flops_ratio"] == pytest.approx(3.5)
     assert entry["targets"]["flops"] is True and entry["search_bound"] == pytest.approx(5.0)
     assert entry["epsilon_epochs"]["0.15"] == [3, 3]
+
+
+def test_a_job_runs_only_the_methods_the_results_lack(tmp_path, monkeypatch) -> None:
+    rows = [{"seed": 0, "protocol": "paper", "method": m, "ratio": 0.5} for m in ("eb", "ns")]
+    (tmp_path / "t.json").write_text(json.dumps({"rows": rows}))
+    called = []
+    monkeypatch.setattr(
+        headline, "run_job", lambda r, runs, s, p, methods, a: called.append((s, p, methods))
+    )
+    monkeypatch.setattr(headline, "write_page", lambda *a: {"rows": []})
+    headline.main(
+        [
+            "--seeds",
+            "0",
+            "--baselines",
+            "snip",
+            "--ratios",
+            "0.5",
+            "--results",
+            str(tmp_path),
+            "--stem",
+            "t",
+            "--runs",
+            str(tmp_path / "runs"),
+        ]
+    )
+    assert called == [(0, "finetune", ["eb", "ns"]), (0, "paper", ["snip"])]

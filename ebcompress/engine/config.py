@@ -22,6 +22,25 @@ from ebcompress.errors import UserError
 
 
 @dataclass(frozen=True)
+class EmaConfig:
+    """An exponential moving average of the weights (timm's ``ModelEmaV3``), updated after
+    every optimiser step: ``ema = decay * ema + (1 - decay) * live`` over every float entry
+    of the state dict (BatchNorm statistics included). The first update copies the live
+    weights. ``warmup`` ramps the decay up as ``1 - (1 + step) ** -warmup_power`` (capped at
+    ``decay``), timm's ``use_warmup``, for short runs where 0.9998 would barely move."""
+
+    decay: float
+    warmup: bool = False
+    warmup_power: float = 2 / 3
+
+    def __post_init__(self) -> None:
+        if not 0 < self.decay < 1:
+            raise UserError(f"train.ema.decay {self.decay} must lie in (0, 1), e.g. 0.9998")
+        if self.warmup_power <= 0:
+            raise UserError(f"train.ema.warmup_power {self.warmup_power} must be > 0")
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     """One phase: epochs ``start_epoch+1 .. end_epoch`` of ``schedule``, optimiser per ``optim``.
 
@@ -36,7 +55,9 @@ class TrainerConfig:
     the caller. ``seed`` fixes the data order of every epoch (with ``num_workers`` loader
     processes). ``macs_per_sample`` (forward MACs of one sample) is needed when the trainer
     books a ledger; ``energy_counters`` replaces the counters found on this machine (empty:
-    measure nothing).
+    measure nothing). ``ema`` (None: none) keeps an :class:`EmaConfig` average of the
+    weights beside the live ones; it is evaluated every epoch and checkpointed, while the
+    callbacks, the returned model and the checkpoint's ``model`` stay the live weights.
     """
 
     phase: str
@@ -57,6 +78,7 @@ class TrainerConfig:
     progress: bool = True
     macs_per_sample: int | None = None
     energy_counters: Sequence[EnergyCounter] | None = None
+    ema: EmaConfig | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.start_epoch <= self.final_epoch:

@@ -12,6 +12,10 @@ An epoch resumed from a mid-epoch checkpoint fetches and discards the batches al
 trained (replaying the sampler and the workers' own RNG streams), then restores the RNG
 states saved at that step, so the rest of the epoch draws what an uninterrupted run draws.
 Its energy is not measured (None), never a part passed off as the whole.
+
+With an EMA of the weights (``config.ema``) the average is updated after every optimiser step
+(its step count is the phase's step, a function of epoch and step, so a resume needs no
+counter) and evaluated after the live model; the callbacks only ever see the live model.
 """
 
 from __future__ import annotations
@@ -79,12 +83,14 @@ class EpochLoop:
         return images, labels.to(device, non_blocking=True)
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Exact test metrics: ``{"loss", "top1", "top5", "samples"}`` (sums over all ranks / n).
+    def evaluate(self, model: torch.nn.Module | None = None) -> dict[str, float]:
+        """Exact test metrics of ``model`` (default: the live model): ``{"loss", "top1",
+        "top5", "samples"}`` (sums over all ranks / n).
 
         top-5 is top-min(5, num_classes).
         """
-        model, precision = self.prepared.model, self.prepared.precision
+        model = self.prepared.model if model is None else model
+        precision = self.prepared.precision
         was_training = model.training
         model.eval()
         totals = torch.zeros(4, dtype=torch.float64, device=self.prepared.device)
@@ -168,6 +174,9 @@ class EpochLoop:
             else:
                 p.scaler.step(p.optimizer)
                 p.scaler.update()
+            if p.ema is not None:
+                # The phase's 1-based step: the first update copies the live weights.
+                p.ema.update(p.model, step=(epoch - 1 - config.start_epoch) * steps + step + 1)
             losses.append(loss.detach())
             corrects.append((logits.detach().argmax(dim=1) == labels).sum())
             batch_sizes.append(labels.numel())
@@ -227,6 +236,11 @@ class EpochLoop:
 
         distributed.average_buffers(p.model)
         test = self.evaluate()
+        ema_top1 = None
+        if p.ema is not None:
+            # Each rank averaged its own BatchNorm statistics into its EMA: make them agree.
+            distributed.average_buffers(p.ema.module)
+            ema_top1 = self.evaluate(p.ema.module)["top1"]
         p.scheduler.step()
         if self.ledger is not None:
             self.ledger.add(
@@ -248,6 +262,7 @@ class EpochLoop:
             seconds=seconds,
             images_per_s=samples / seconds,
             samples=int(samples),
+            ema_test_top1=ema_top1,
         )
 
     def stop_meter(self) -> None:

@@ -3,7 +3,8 @@
 :func:`prepare_training` checks the device, moves the model there (channels-last if asked),
 swaps BatchNorm for SyncBatchNorm under DDP when ``sync_bn`` is set (CUDA only), applies the
 precision policy, wraps the model in DistributedDataParallel under ``torchrun`` and builds
-the optimiser, the schedule and the gradient scaler. :func:`energy_counters` picks the
+the optimiser, the schedule, the gradient scaler and, with ``config.ema``, timm's
+``ModelEmaV3`` of the unwrapped model (on every rank: the live weights are the same on all). :func:`energy_counters` picks the
 hardware counters that meter this rank's epochs (:mod:`ebcompress.cost.energy`).
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,13 +24,17 @@ from ebcompress.engine.optim import EpochSchedule, build_optimizer, build_schedu
 from ebcompress.engine.precision import Precision, precision_policy
 from ebcompress.errors import UserError
 
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
+
 
 @dataclass
 class Prepared:
     """The trained model (``model``: unwrapped; ``net``: what the forward pass calls, the DDP
     wrapper under ``torchrun``), its optimiser, schedule, scaler (None without loss
     scaling), precision policy, device and memory format. ``plain_batchnorms`` holds the
-    model's own BatchNorm modules while SyncBatchNorm copies stand in for them."""
+    model's own BatchNorm modules while SyncBatchNorm copies stand in for them. ``ema`` is
+    the weights' moving average (``ema.module``: a copy of ``model``), None without one."""
 
     model: nn.Module
     net: nn.Module
@@ -39,6 +45,7 @@ class Prepared:
     device: torch.device
     memory_format: torch.memory_format
     plain_batchnorms: dict[str, nn.Module] = field(default_factory=dict)
+    ema: ModelEmaV3 | None = None
 
     def restore_batchnorms(self) -> None:
         """Put the model's own BatchNorm modules back in place of their SyncBatchNorm copies;
@@ -80,6 +87,16 @@ def prepare_training(model: nn.Module, config: TrainerConfig) -> Prepared:
         }
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = precision.prepare(model)
+    ema = None
+    if config.ema is not None:
+        from timm.utils import ModelEmaV3  # timm only when asked for
+
+        ema = ModelEmaV3(
+            model,
+            decay=config.ema.decay,
+            use_warmup=config.ema.warmup,
+            warmup_power=config.ema.warmup_power,
+        )
     net: nn.Module = model
     if distributed.is_initialized():
         ids = [device.index] if device.type == "cuda" else None
@@ -96,6 +113,7 @@ def prepare_training(model: nn.Module, config: TrainerConfig) -> Prepared:
         device=device,
         memory_format=memory_format,
         plain_batchnorms=plain_batchnorms,
+        ema=ema,
     )
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ebcompress.engine.stats import EpochStats
 from ebcompress.errors import UserError
+
+if TYPE_CHECKING:
+    from timm.utils import ModelEmaV3
 
 CHECKPOINT_FORMAT = 1
 
@@ -105,7 +108,9 @@ class TrainerState:
     stopped it); ``base_lr``: the lr the schedule was based on; the state dicts of model,
     optimiser, scheduler, gradient scaler (None without one) and precision policy; the RNG
     states; the ledger's dict (None without a ledger); each callback's state (None where it
-    has none); the epochs' stats; and ``partial`` for a checkpoint inside an epoch."""
+    has none); the epochs' stats; ``partial`` for a checkpoint inside an epoch; and ``ema``,
+    the weights' moving average (:func:`ema_state`; None without one: the key is then left
+    out, as in checkpoints written before it existed)."""
 
     phase: str
     start_epoch: int
@@ -123,6 +128,7 @@ class TrainerState:
     callbacks: list[dict[str, Any] | None]
     history: list[EpochStats]
     partial: PartialEpoch | None = None
+    ema: dict[str, Any] | None = None
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The checkpoint dict (weights_only-loadable values only)."""
@@ -146,6 +152,8 @@ class TrainerState:
         }
         if self.partial is not None:
             state["partial"] = self.partial.to_checkpoint()
+        if self.ema is not None:
+            state["ema"] = self.ema
         return state
 
     @classmethod
@@ -179,4 +187,17 @@ class TrainerState:
             callbacks=list(state["callbacks"]),
             history=[EpochStats.from_dict(entry) for entry in state["history"]],
             partial=None if partial is None else PartialEpoch.from_checkpoint(partial),
+            ema=state.get("ema"),
         )
+
+
+def ema_state(ema: ModelEmaV3) -> dict[str, Any]:
+    """What a checkpoint holds of timm's ``ModelEmaV3``: the averaged state dict and its
+    private stochastic-rounding generator (used for bfloat16 averages)."""
+    return {"module": ema.module.state_dict(), "generator": ema._sr_generator.get_state()}
+
+
+def load_ema_state(ema: ModelEmaV3, saved: dict[str, Any]) -> None:
+    """Put :func:`ema_state` output back into ``ema``."""
+    ema.module.load_state_dict(saved["module"])
+    ema._sr_generator.set_state(saved["generator"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Protocol
 
 from torch import nn
@@ -15,6 +15,8 @@ class EpochStats:
     ``seconds`` is the wall time of the epoch's training pass (evaluation excluded) and
     ``samples`` the training samples seen in it, summed over ranks. Losses and accuracies
     are exact means over all samples; ``test_loss`` is plain cross-entropy (no smoothing).
+    ``ema_test_top1`` is the test top-1 of the weights' moving average (None without one;
+    left out of :meth:`to_dict` then, so such lines read as before).
     """
 
     phase: str
@@ -28,20 +30,27 @@ class EpochStats:
     seconds: float
     images_per_s: float
     samples: int
+    ema_test_top1: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["ema_test_top1"] is None:
+            del data["ema_test_top1"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpochStats:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        """The stats of a :meth:`to_dict` line; fields added later may be absent."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING})
 
     def summary(self, last_epoch: int) -> str:
+        ema = "" if self.ema_test_top1 is None else f" EMA top-1 {100 * self.ema_test_top1:.2f}%"
         return (
             f"{self.phase} {self.epoch}/{last_epoch}  lr {self.lr:.4g}  "
             f"train loss {self.train_loss:.4f} top-1 {100 * self.train_top1:.2f}%  "
             f"test loss {self.test_loss:.4f} top-1 {100 * self.test_top1:.2f}% "
-            f"top-5 {100 * self.test_top5:.2f}%  {self.seconds:.1f}s {self.images_per_s:,.0f} img/s"
+            f"top-5 {100 * self.test_top5:.2f}%{ema}  {self.seconds:.1f}s "
+            f"{self.images_per_s:,.0f} img/s"
         )
 
 

@@ -45,7 +45,7 @@ from ebcompress.engine.phase_files import PhaseFiles
 from ebcompress.engine.preemption import StopSignals
 from ebcompress.engine.prepare import prepare_training
 from ebcompress.engine.progress import TrainingProgress, log
-from ebcompress.engine.state import PartialEpoch, TrainerState
+from ebcompress.engine.state import PartialEpoch, TrainerState, ema_state, load_ema_state
 from ebcompress.engine.stats import Callback, EpochStats
 from ebcompress.errors import UserError
 
@@ -114,6 +114,12 @@ class Trainer:
     def net(self) -> nn.Module:
         """What the training forward pass calls: the DDP wrapper under torchrun, else the model."""
         return self.prepared.net
+
+    @property
+    def ema_model(self) -> nn.Module | None:
+        """The moving average of the weights (``config.ema``), None without one. The live
+        :attr:`model` is what callbacks see and what the trainer hands on."""
+        return None if self.prepared.ema is None else self.prepared.ema.module
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -235,6 +241,7 @@ class Trainer:
             ],
             history=list(self.history),
             partial=partial,
+            ema=None if p.ema is None else ema_state(p.ema),
         )
 
     def _restore(self, state: TrainerState) -> None:
@@ -256,6 +263,7 @@ class Trainer:
         if state.precision:
             p.precision.load_state_dict(state.precision)
         restore_rng_state(state.rng)
+        self._restore_ema(state)
         if self.ledger is not None and state.ledger is not None:
             self.ledger.restore(state.ledger)
         for callback, saved in zip(self.callbacks, state.callbacks, strict=False):
@@ -265,3 +273,15 @@ class Trainer:
         self.last_epoch = state.epoch
         self.stopped_early = state.stopped_early
         self.files.resumed(state.epoch)
+
+    def _restore_ema(self, state: TrainerState) -> None:
+        """The saved average; a checkpoint written without one starts it from the restored
+        live weights (said in one line), and a saved one this phase does not keep is dropped."""
+        ema, phase = self.prepared.ema, self.config.phase
+        if ema is not None and state.ema is not None:
+            load_ema_state(ema, state.ema)
+        elif ema is not None:
+            ema.set(self.prepared.model)
+            log(f"{phase}: the checkpoint has no EMA; it starts from the resumed weights")
+        elif state.ema is not None:
+            log(f"{phase}: train.ema is off; the checkpoint's EMA is dropped")

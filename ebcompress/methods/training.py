@@ -3,7 +3,8 @@
 The engine takes its own config types (:class:`~ebcompress.engine.config.TrainerConfig`,
 :class:`~ebcompress.engine.optim.OptimConfig`, :class:`~ebcompress.engine.optim.
 ScheduleConfig`) and never reads a recipe; here ``recipe.train``, ``recipe.retrain``,
-``recipe.seed`` and ``recipe.data.num_workers`` become them. Every trainer the shell runs is
+``recipe.seed`` and ``recipe.data.num_workers`` become them (``train.ema`` applies to the
+retraining too). Every trainer the shell runs is
 built by :func:`build_trainer`: each method's dense search (``train_dense``), the pipeline's
 retraining, and the benchmarks' dense references and retrained tickets. It also adds what the
 shell reports around the engine: a line per epoch that skipped unreadable images.
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from ebcompress.data import DataSplit, skipped_images
-from ebcompress.engine.config import TrainerConfig
+from ebcompress.engine.config import EmaConfig, TrainerConfig
 from ebcompress.engine.optim import OptimConfig, ScheduleConfig
 from ebcompress.engine.preemption import parse_checkpoint_every
 from ebcompress.engine.progress import log
@@ -162,5 +163,6 @@ def build_trainer(
         run_dir=run_dir,
         progress=progress,
         macs_per_sample=macs_per_sample,
+        ema=None if train.ema is None else EmaConfig(**train.ema.model_dump()),
     )
     return Trainer(model, data, config, callbacks=callbacks, ledger=ledger)

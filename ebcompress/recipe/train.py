@@ -48,6 +48,16 @@ def _check_optimizer_kwargs(name: str, kwargs: dict[str, Any]) -> None:
         raise ValueError(f"optimizer_kwargs {unknown}: {name} takes {takes}")
 
 
+class EmaSection(_Section):
+    """``train.ema``: a moving average of the weights (timm's ``ModelEmaV3``), evaluated and
+    reported beside the live model in every phase; the mask and the slim network come from
+    the live weights."""
+
+    decay: float = Field(gt=0, lt=1)
+    warmup: bool = False
+    warmup_power: float = Field(2 / 3, gt=0)
+
+
 class TrainConfig(_Section):
     """The dense schedule. Milestones are epochs, as in the paper (80, 120 of 160); the
     optimiser and schedule are timm's (:mod:`ebcompress.engine.optim`)."""
@@ -74,6 +84,7 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     # Mid-epoch checkpoints: steps (500, "500steps") or wall time ("30min"); None: per epoch.
     checkpoint_every: int | str | None = None
+    ema: EmaSection | None = None
 
     @field_validator("checkpoint_every", mode="before")
     @classmethod

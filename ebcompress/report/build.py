@@ -154,10 +154,21 @@ def _summary(report: RunReport) -> list[str]:
         f"| {m.mac_reduction:.2f}x |",
         "",
         f"Test accuracy after retraining: top-1 {_pct(acc.test_top1)}, "
-        f"top-5 {_pct(acc.test_top5)}.",
+        f"top-5 {_pct(acc.test_top5)}.{_ema_line(report.epochs)}",
         "",
         *_starting_weights(results),
     ]
+
+
+def _ema_line(epochs: list[dict[str, Any]]) -> str:
+    """The last retraining epoch's EMA top-1 (``train.ema``), when the run kept one."""
+    last = next((e for e in reversed(epochs) if e.get("phase") == "retrain"), {})
+    if last.get("ema_test_top1") is None:
+        return ""
+    return (
+        f" The weights' moving average (`train.ema`) reached top-1 "
+        f"{_pct(last['ema_test_top1'])}; the slim network and its exports hold the live weights."
+    )
 
 
 def _starting_weights(results: RunResults) -> list[str]:
@@ -292,16 +303,23 @@ def _training(report: RunReport) -> list[str]:
         *_image(report, "curves", "loss and accuracy per epoch"),
     ]
     if report.epochs:
+        # The EMA column only for runs that kept one (train.ema); "-" for its epochs without.
+        ema = any(e.get("ema_test_top1") is not None for e in report.epochs)
+
+        def ema_cell(e: dict[str, Any]) -> str:
+            value = e.get("ema_test_top1")
+            return "" if not ema else f" {'-' if value is None else _pct(value)} |"
+
         lines += [
             f"<details><summary>Per-epoch metrics ({len(report.epochs)} epochs)</summary>",
             "",
             "| phase | epoch | lr | train loss | train top-1 | test loss | test top-1 "
-            "| test top-5 |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| test top-5 |" + (" EMA test top-1 |" if ema else ""),
+            "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if ema else ""),
             *(
                 f"| {e['phase']} | {e['epoch']} | {e['lr']:.4g} | {e['train_loss']:.4f} "
                 f"| {_pct(e['train_top1'])} | {e['test_loss']:.4f} | {_pct(e['test_top1'])} "
-                f"| {_pct(e['test_top5'])} |"
+                f"| {_pct(e['test_top5'])} |{ema_cell(e)}"
                 for e in report.epochs
             ),
             "",
