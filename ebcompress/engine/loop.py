@@ -240,7 +240,11 @@ class EpochLoop:
         if p.ema is not None:
             # Each rank averaged its own BatchNorm statistics into its EMA: make them agree.
             distributed.average_buffers(p.ema.module)
+            # Iterating the test loader draws its base seed from the global RNG: put that
+            # back, so the live training draws what it draws without an EMA.
+            rng = capture_rng_state()
             ema_top1 = self.evaluate(p.ema.module)["top1"]
+            restore_rng_state(rng)
         p.scheduler.step()
         if self.ledger is not None:
             self.ledger.add(

@@ -4,8 +4,9 @@
 swaps BatchNorm for SyncBatchNorm under DDP when ``sync_bn`` is set (CUDA only), applies the
 precision policy, wraps the model in DistributedDataParallel under ``torchrun`` and builds
 the optimiser, the schedule, the gradient scaler and, with ``config.ema``, timm's
-``ModelEmaV3`` of the unwrapped model (on every rank: the live weights are the same on all). :func:`energy_counters` picks the
-hardware counters that meter this rank's epochs (:mod:`ebcompress.cost.energy`).
+``ModelEmaV3`` of the unwrapped model (on every rank: the live weights are the same on all).
+:func:`energy_counters` picks the hardware counters that meter this rank's epochs
+(:mod:`ebcompress.cost.energy`).
 """
 
 from __future__ import annotations

@@ -41,7 +41,9 @@ class EpochStats:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpochStats:
         """The stats of a :meth:`to_dict` line; fields added later may be absent."""
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING})
+        return cls(
+            **{f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING}
+        )
 
     def summary(self, last_epoch: int) -> str:
         ema = "" if self.ema_test_top1 is None else f" EMA top-1 {100 * self.ema_test_top1:.2f}%"
