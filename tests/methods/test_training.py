@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ebcompress.data import fake_data
-from ebcompress.engine.config import TrainerConfig
+from ebcompress.engine.config import EmaConfig, TrainerConfig
 from ebcompress.engine.optim import OptimConfig, ScheduleConfig
 from ebcompress.engine.preemption import CheckpointEvery
 from ebcompress.methods.base import RetrainPlan
@@ -37,6 +37,7 @@ TRAIN = {
     "sync_bn": True,
     "label_smoothing": 0.1,
     "checkpoint_every": "30min",
+    "ema": {"decay": 0.99, "warmup": True, "warmup_power": 0.75},
 }
 
 
@@ -75,6 +76,7 @@ def test_every_train_field_reaches_the_engine_config(tmp_path) -> None:
         sync_bn=True,
         label_smoothing=0.1,
         checkpoint_every=CheckpointEvery(seconds=1800.0),
+        ema=EmaConfig(decay=0.99, warmup=True, warmup_power=0.75),
         device="cpu",
         seed=3,
         run_dir=tmp_path,
