@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_share": totals["shared"]["wall"] / totals["independent"]["wall"],
         "retrain_share": retrain_s / max(totals["independent"]["train_s"], 1e-9),
         "differing": identical(args.runs / "shared", args.runs / "independent", rows),
-        "cost": {m: c for m, c in measured["shared"]["cost"].items()},
+        "cost": measured["shared"]["cost"],
         "rows": rows,
     }
     args.results.mkdir(parents=True, exist_ok=True)
