@@ -19,6 +19,7 @@ from torch import Tensor
 from ebcompress.atomic import atomic_path, write_text_atomic
 from ebcompress.channels.ticket import Ticket
 from ebcompress.errors import UserError
+from ebcompress.recipe import validate_recipe
 
 FORMAT = 2  # results layout: 1 was one seed (no "format" key), 2 is {"runs": {seed: ...}}
 
@@ -85,6 +86,17 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
     return [] if old == new else [where]
 
 
+def _current_schema(config: Any) -> Any:
+    """An earlier session's config with its recipe read through today's schema: a recipe
+    field added since then takes its default, which reproduces the old behaviour, so it is
+    not a difference (a removed or retyped field still is, as a UserError)."""
+    if not isinstance(config, dict) or not isinstance(config.get("recipe"), dict):
+        return config
+    recipe = validate_recipe(config["recipe"], "the results file's config.recipe").to_dict()
+    recipe.pop("seed", None)  # each run keeps its own seed
+    return {**config, "recipe": json.loads(json.dumps(recipe))}
+
+
 def open_results(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, Any] | None:
     """The finished part of an earlier session, or None to start over (no file, or
     ``fresh``). A file of another layout or config is a UserError naming the fix."""
@@ -99,7 +111,7 @@ def open_results(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, A
             f"{path} was written by the single-seed eb_emergence.py; move it aside, choose "
             "another --stem, or pass --fresh to overwrite it"
         )
-    changed = _differences(old.get("config"), json.loads(json.dumps(config)))
+    changed = _differences(_current_schema(old.get("config")), json.loads(json.dumps(config)))
     if changed:
         raise UserError(
             f"{path} holds runs of another config ({', '.join(changed[:5])} differ); choose "

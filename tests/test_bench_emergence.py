@@ -24,6 +24,7 @@ from test_bench_scripts import TINY, _sets  # noqa: E402
 
 from ebcompress.channels.ticket import Ticket  # noqa: E402
 from ebcompress.errors import UserError  # noqa: E402
+from ebcompress.recipe import load_recipe  # noqa: E402
 
 
 class Killed(BaseException):
@@ -142,7 +143,8 @@ def test_snapshots_round_trip_and_results_guards(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="tickets.json is missing or not the file"):
         _emergence_store.load_snapshots(tmp_path, {**files, "tickets.json": "0" * 64})
 
-    config = {"recipe": {"train": {"lr": 0.05}}, "ratios": [0.5]}
+    recipe = {k: v for k, v in load_recipe("quickstart").to_dict().items() if k != "seed"}
+    config = {"recipe": recipe, "ratios": [0.5]}
     path = tmp_path / "e.json"
     assert _emergence_store.open_results(path, config, fresh=False) is None  # no file yet
     path.write_text(json.dumps({"benchmark": "eb_emergence", "points": []}))  # format 1
@@ -154,6 +156,14 @@ def test_snapshots_round_trip_and_results_guards(tmp_path: Path) -> None:
     other = {**config, "ratios": [0.3]}
     with pytest.raises(UserError, match=r"\(ratios differ\)"):
         _emergence_store.open_results(path, other, fresh=False)
+    # a file written before the schema grew a field: the field's default is no difference
+    older = {**recipe, "train": {k: v for k, v in recipe["train"].items() if k != "ema"}}
+    path.write_text(json.dumps({"format": 2, "config": {**config, "recipe": older}, "runs": {}}))
+    assert _emergence_store.open_results(path, config, fresh=False)["runs"] == {}
+    changed = {**recipe, "train": {**recipe["train"], "lr": 0.5}}
+    path.write_text(json.dumps({"format": 2, "config": {**config, "recipe": changed}, "runs": {}}))
+    with pytest.raises(UserError, match=r"recipe\.train\.lr differ"):
+        _emergence_store.open_results(path, config, fresh=False)
     path.write_text("{not json")
     with pytest.raises(UserError, match="unreadable"):
         _emergence_store.open_results(path, config, fresh=False)
