@@ -194,6 +194,8 @@ class PhaseCost:
 
     ``samples`` is the total number of samples trained on, summed over the phase's ``epochs``;
     ``joules`` is measured energy, or None when any part of the phase was not measured.
+    ``teacher_macs_per_sample`` is a distillation teacher's forward MACs (0: none): it runs
+    one forward per trained sample and no backward.
     """
 
     phase: str
@@ -202,11 +204,18 @@ class PhaseCost:
     epochs: int
     seconds: float
     joules: float | None
+    teacher_macs_per_sample: int = 0
 
     @property
     def training_flops(self) -> int:
-        """3 x 2 x macs_per_sample x samples (samples already summed over epochs)."""
-        return training_flops(self.macs_per_sample, self.samples)
+        """3 x 2 x macs_per_sample x samples (samples already summed over epochs), plus the
+        teacher's 2 x teacher_macs_per_sample x samples."""
+        return training_flops(self.macs_per_sample, self.samples) + self.teacher_flops
+
+    @property
+    def teacher_flops(self) -> int:
+        """The part of :attr:`training_flops` that is the teacher's forward passes."""
+        return FLOPS_PER_MAC * self.teacher_macs_per_sample * self.samples
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe fields plus the derived ``training_flops``."""
@@ -218,6 +227,11 @@ class PhaseCost:
             "seconds": self.seconds,
             "joules": self.joules,
             "training_flops": self.training_flops,
+            **(
+                {"teacher_macs_per_sample": self.teacher_macs_per_sample}
+                if self.teacher_macs_per_sample
+                else {}  # a phase without a teacher keeps the layout of earlier files
+            ),
         }
 
 
@@ -251,30 +265,44 @@ class TrainingLedger:
         epochs: int = 1,
         seconds: float = 0.0,
         joules: float | None = None,
+        teacher_macs_per_sample: int = 0,
     ) -> None:
         """Record ``epochs`` epochs of ``samples`` samples EACH (per epoch) trained in ``phase``.
 
         ``seconds`` and ``joules`` are the wall time and measured energy of those epochs;
         ``joules=None`` means not measured and makes the phase's energy unknown.
+        ``teacher_macs_per_sample``: a distillation teacher's forward MACs per sample (one
+        forward, no backward); a phase keeps one, like ``macs_per_sample``.
         """
         if not isinstance(phase, str) or not phase:
             raise ValueError(f"TrainingLedger.add: phase must be a non-empty str, got {phase!r}")
         _check_count("macs_per_sample", macs_per_sample)
         _check_count("samples", samples)
         _check_count("epochs", epochs)
+        _check_count("teacher_macs_per_sample", teacher_macs_per_sample)
         _check_amount("seconds", seconds)
         if joules is not None:
             _check_amount("joules", joules)
         cost = self._phases.get(phase)
         if cost is None:
             self._phases[phase] = PhaseCost(
-                phase, macs_per_sample, samples * epochs, epochs, float(seconds), _joules(joules)
+                phase,
+                macs_per_sample,
+                samples * epochs,
+                epochs,
+                float(seconds),
+                _joules(joules),
+                teacher_macs_per_sample,
             )
             return
-        if cost.macs_per_sample != macs_per_sample:
+        if (cost.macs_per_sample, cost.teacher_macs_per_sample) != (
+            macs_per_sample,
+            teacher_macs_per_sample,
+        ):
             raise ValueError(
                 f"TrainingLedger.add: phase {phase!r} was recorded at {cost.macs_per_sample} MACs "
-                f"per sample, now {macs_per_sample}; record a changed model as a new phase"
+                f"per sample (teacher {cost.teacher_macs_per_sample}), now {macs_per_sample} "
+                f"(teacher {teacher_macs_per_sample}); record a changed model as a new phase"
             )
         cost.samples += samples * epochs
         cost.epochs += epochs
@@ -334,12 +362,14 @@ class TrainingLedger:
                     epochs=entry["epochs"],
                     seconds=float(entry["seconds"]),
                     joules=_joules(entry["joules"]),
+                    teacher_macs_per_sample=entry.get("teacher_macs_per_sample", 0),
                 )
                 if not isinstance(cost.phase, str) or not cost.phase:
                     raise ValueError(f"phase name {cost.phase!r} is not a non-empty str")
                 _check_count("macs_per_sample", cost.macs_per_sample)
                 _check_count("samples", cost.samples)
                 _check_count("epochs", cost.epochs)
+                _check_count("teacher_macs_per_sample", cost.teacher_macs_per_sample)
                 if cost.phase in ledger._phases:
                     raise ValueError(f"phase {cost.phase!r} appears twice")
                 ledger._phases[cost.phase] = cost

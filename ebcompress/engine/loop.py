@@ -31,6 +31,7 @@ from ebcompress.cost.flops import TrainingLedger
 from ebcompress.engine import distributed
 from ebcompress.engine.checkpoint import capture_rng_state, restore_rng_state
 from ebcompress.engine.config import TrainerConfig
+from ebcompress.engine.distill import Distillation
 from ebcompress.engine.divergence import NonFiniteWatch
 from ebcompress.engine.loaders import Loaders
 from ebcompress.engine.phase_files import PhaseFiles
@@ -55,6 +56,8 @@ class EpochLoop:
     ``save_partial`` is called on rank 0 with a mid-epoch checkpoint's :class:`PartialEpoch`
     (the trainer adds the rest of its state); ``files`` names the checkpoint in messages.
     ``ledger`` (None: no cost booked) receives each epoch's training cost and joules.
+    ``distill`` (None: none) adds its teacher's soft targets to the training loss, and its
+    teacher's forward MACs to the ledger.
     """
 
     def __init__(
@@ -68,8 +71,10 @@ class EpochLoop:
         ledger: TrainingLedger | None,
         files: PhaseFiles,
         save_partial: Callable[[PartialEpoch], None],
+        distill: Distillation | None = None,
     ) -> None:
         self.prepared, self.loaders, self.config = prepared, loaders, config
+        self.distill = distill
         self.num_classes, self.callbacks = num_classes, callbacks
         self.ledger, self.files, self.save_partial = ledger, files, save_partial
         counters, self.energy_covered = energy_counters(config, prepared.device)
@@ -161,6 +166,8 @@ class EpochLoop:
             with p.precision.autocast():
                 logits = p.net(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+                if self.distill is not None:
+                    loss = self.distill.loss(images, logits, loss)
             p.optimizer.zero_grad(set_to_none=True)
             if p.scaler is None:
                 loss.backward()
@@ -250,6 +257,7 @@ class EpochLoop:
             self.ledger.add(
                 config.phase,
                 macs_per_sample=config.macs_per_sample,
+                teacher_macs_per_sample=(self.distill and self.distill.macs_per_sample) or 0,
                 samples=int(samples),
                 seconds=seconds,
                 joules=joules if metered and not uncovered else None,

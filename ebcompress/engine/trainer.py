@@ -38,6 +38,7 @@ from ebcompress.cost.energy import EnergyMeter
 from ebcompress.engine import distributed
 from ebcompress.engine.checkpoint import capture_rng_state, restore_rng_state
 from ebcompress.engine.config import TrainerConfig
+from ebcompress.engine.distill import Distillation
 from ebcompress.engine.loaders import Loaders, TrainingData
 from ebcompress.engine.loop import EpochLoop
 from ebcompress.engine.optim import EpochSchedule
@@ -61,7 +62,9 @@ class Trainer:
 
     ``callbacks`` hook into every step and epoch (:class:`~ebcompress.engine.stats.
     Callback`). ``ledger`` receives the phase's training cost after every epoch, with the
-    measured joules; it needs ``config.macs_per_sample``.
+    measured joules; it needs ``config.macs_per_sample``. ``distill`` trains against a
+    frozen teacher's outputs too (:mod:`ebcompress.engine.distill`), whose forward the
+    ledger charges.
 
     With ``config.sync_bn`` under DDP (CUDA only) the BatchNorm layers are SyncBatchNorm while
     :meth:`fit` runs; afterwards the model holds its own BatchNorm modules again, which share
@@ -76,12 +79,17 @@ class Trainer:
         *,
         callbacks: Sequence[Callback] = (),
         ledger: TrainingLedger | None = None,
+        distill: Distillation | None = None,
     ) -> None:
         if ledger is not None and config.macs_per_sample is None:
             raise ValueError("Trainer: a ledger needs macs_per_sample (see flops.count_flops)")
+        if ledger is not None and distill is not None and distill.macs_per_sample is None:
+            raise ValueError("Trainer: a ledger needs the teacher's Distillation.macs_per_sample")
         self.config, self.ledger = config, ledger
         self.callbacks = list(callbacks)
         self.prepared = prepare_training(model, config)
+        if distill is not None:
+            distill.to(self.prepared.device, self.prepared.memory_format)
         self.loaders = Loaders(
             data,
             batch_size=config.batch_size,
@@ -99,6 +107,7 @@ class Trainer:
             ledger=ledger,
             files=self.files,
             save_partial=lambda partial: self.files.save(self._capture(False, partial)),
+            distill=distill,
         )
         self.history: list[EpochStats] = []
         self.last_epoch = config.start_epoch

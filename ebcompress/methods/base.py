@@ -76,6 +76,8 @@ class SearchOutcome:
     ``weight_masks`` (parameter name -> 0/1 tensor) instead. ``start_state`` is the dense
     state dict the slim network is cut from when that is not the searched weights left in
     ``run.model`` (LT's rewound survivors, SNIP's initialisation, ThiNet's rescaled weights).
+    ``teacher_state`` is the searched dense network's state dict, kept for a ``retrain.distill``
+    teacher ``dense`` (None otherwise).
     """
 
     ticket: Ticket
@@ -85,6 +87,7 @@ class SearchOutcome:
     weight_masks: dict[str, torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     start_state: dict[str, torch.Tensor] | None = None
+    teacher_state: dict[str, torch.Tensor] | None = None
 
 
 @dataclass

@@ -21,6 +21,7 @@ from torch import nn
 
 from ebcompress.data import DataSplit, skipped_images
 from ebcompress.engine.config import EmaConfig, TrainerConfig
+from ebcompress.engine.distill import Distillation
 from ebcompress.engine.optim import OptimConfig, ScheduleConfig
 from ebcompress.engine.preemption import parse_checkpoint_every
 from ebcompress.engine.progress import log
@@ -123,6 +124,7 @@ def build_trainer(
     macs_per_sample: int | None = None,
     end_epoch: int | None = None,
     plan: RetrainWindow | None = None,
+    distill: Distillation | None = None,
 ) -> Trainer:
     """A trainer for ``phase`` of ``recipe`` on ``model`` and ``data``.
 
@@ -131,8 +133,11 @@ def build_trainer(
     (:func:`retrain_schedule`) at the plan's lr, else ``retrain.lr``, else ``train.lr``, in
     ``retrain.precision``, with the plan's callbacks before ``callbacks``. ``run_dir`` (None:
     nothing written) holds the phase's checkpoints and metrics; ``ledger`` books the cost of
-    ``macs_per_sample`` forward MACs per sample.
+    ``macs_per_sample`` forward MACs per sample. ``distill`` (retraining only) adds its
+    teacher's soft targets to the loss and its forward MACs to the ledger.
     """
+    if distill is not None and plan is None:
+        raise ValueError("build_trainer: distillation applies to a retraining (give its plan)")
     train, start_epoch, lr, precision = recipe.train, 0, None, recipe.train.precision
     planned: list[Any] = []
     if plan is not None:
@@ -165,4 +170,4 @@ def build_trainer(
         macs_per_sample=macs_per_sample,
         ema=None if train.ema is None else EmaConfig(**train.ema.model_dump()),
     )
-    return Trainer(model, data, config, callbacks=callbacks, ledger=ledger)
+    return Trainer(model, data, config, callbacks=callbacks, ledger=ledger, distill=distill)

@@ -22,6 +22,7 @@ from ebcompress.recipe.schema import (
 from ebcompress.recipe.sections import (
     AugmentConfig,
     DataConfig,
+    DistillSection,
     ExportConfig,
     ModelConfig,
     RetrainConfig,
@@ -31,6 +32,7 @@ from ebcompress.recipe.train import TrainConfig
 __all__ = [
     "AugmentConfig",
     "DataConfig",
+    "DistillSection",
     "ExportConfig",
     "ModelConfig",
     "PruneConfig",

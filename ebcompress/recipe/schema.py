@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
+    model_validator,
 )
 
 from ebcompress.errors import UserError
@@ -39,6 +40,16 @@ class Recipe(_Section):
     prune: PruneConfig = Field(default_factory=PruneConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @model_validator(mode="after")
+    def _a_dense_teacher_exists(self) -> Recipe:
+        distill = self.retrain.distill
+        if distill is not None and not distill.from_file and self.prune.method == "snip":
+            raise ValueError(
+                "retrain.distill.teacher 'dense': SNIP prunes at initialisation and trains no "
+                "dense network; give teacher a weights file"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -122,6 +122,45 @@ class DataConfig(_Section):
         return self
 
 
+class DistillSection(_Section):
+    """``retrain.distill``: the slim network learns from a frozen teacher's softened outputs
+    as well as the labels (Hinton et al., 2015; :mod:`ebcompress.engine.distill`).
+
+    ``teacher``: ``dense``, the dense network the ticket was drawn from (EB: the search's
+    weights at the ticket's epoch; network slimming, LT, ThiNet: the trained dense network;
+    with ``prune.dense_epochs: 0``, ``model.init``'s), or a local weights file (safetensors
+    or a weights-only PyTorch checkpoint) of ``model`` (default: the recipe's own
+    architecture, ``kwargs`` its arguments). ``teacher_sha256`` is that file's checksum, as
+    ``model.init_sha256``: a run fills it in, a resume refuses a changed file. ``alpha`` is
+    the teacher term's share of the loss, ``temperature`` the softmax temperature T.
+    """
+
+    teacher: str = Field("dense", min_length=1)
+    model: str | None = Field(None, min_length=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    teacher_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(4.0, gt=0)
+
+    @property
+    def from_file(self) -> bool:
+        return self.teacher != "dense"
+
+    @model_validator(mode="after")
+    def _file_fields_need_a_file(self) -> DistillSection:
+        if not self.from_file:
+            given = [f for f in ("model", "teacher_sha256") if getattr(self, f) is not None]
+            if given or self.kwargs:
+                name = (given or ["kwargs"])[0]
+                raise ValueError(
+                    f"{name} describes a teacher file; teacher 'dense' is the run's own "
+                    "dense network (give teacher: PATH, or drop it)"
+                )
+        if taken := sorted({"num_classes", "in_chans", "init"} & set(self.kwargs)):
+            raise ValueError(f"kwargs {taken} are set from the data set and teacher; remove them")
+        return self
+
+
 class RetrainConfig(_Section):
     """Retraining the slim network.
 
@@ -139,6 +178,7 @@ class RetrainConfig(_Section):
     epochs: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     precision: Precision = "fp32"
+    distill: DistillSection | None = None
 
 
 class ExportConfig(_Section):

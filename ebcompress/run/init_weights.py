@@ -1,5 +1,5 @@
-"""A run's starting weights (``model.init``): their checksum in the recipe, their summary in
-the results.
+"""A run's weight files (``model.init``, a ``retrain.distill`` teacher): their checksums in
+the recipe, the starting weights' summary in the results.
 
 :func:`with_init_checksum` fills ``model.init_sha256`` in before a run starts or resumes, so
 the run's ``recipe.yaml`` records the file's checksum and the drift check
@@ -20,19 +20,34 @@ from ebcompress.run.results import InitSummary
 
 
 def with_init_checksum(recipe: Recipe) -> Recipe:
-    """``recipe`` with ``model.init_sha256`` set to the sha256 of ``model.init`` (unchanged
-    without one); a UserError when it does not match a checksum the recipe already names."""
-    model = recipe.model
-    if model.init is None:
-        return recipe
-    digest = file_sha256(model.init)
-    if model.init_sha256 is not None and model.init_sha256 != digest:
-        raise UserError(
-            f"model.init {model.init!r} has sha256 {digest}, not model.init_sha256 "
-            f"{model.init_sha256} (was the file replaced?); restore that file, or drop "
-            "model.init_sha256 (for a resume: start afresh with --overwrite)"
+    """``recipe`` with ``model.init_sha256`` set to the sha256 of ``model.init``, and
+    ``retrain.distill.teacher_sha256`` to that of a teacher file (each unchanged without a
+    file); a UserError when one does not match a checksum the recipe already names."""
+    model, distill = recipe.model, recipe.retrain.distill
+    if model.init is not None:
+        digest = _checked_sha256(model.init, model.init_sha256, "model.init", "init_sha256")
+        recipe = recipe.model_copy(
+            update={"model": model.model_copy(update={"init_sha256": digest})}
         )
-    return recipe.model_copy(update={"model": model.model_copy(update={"init_sha256": digest})})
+    if distill is not None and distill.from_file:
+        where, field = "retrain.distill.teacher", "teacher_sha256"
+        digest = _checked_sha256(distill.teacher, distill.teacher_sha256, where, field)
+        retrain = recipe.retrain.model_copy(
+            update={"distill": distill.model_copy(update={"teacher_sha256": digest})}
+        )
+        recipe = recipe.model_copy(update={"retrain": retrain})
+    return recipe
+
+
+def _checked_sha256(path: str, pinned: str | None, where: str, field: str) -> str:
+    digest = file_sha256(path)
+    if pinned is not None and pinned != digest:
+        raise UserError(
+            f"{where} {path!r} has sha256 {digest}, not {field} {pinned} (was the file "
+            f"replaced?); restore that file, or drop {field} (for a resume: start afresh "
+            "with --overwrite)"
+        )
+    return digest
 
 
 def init_summary(recipe: Recipe, model: nn.Module) -> InitSummary | None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ebcompress.atomic import write_text_atomic
+from ebcompress.channels.groups import clone_module
 from ebcompress.channels.slim import slim
 from ebcompress.channels.ticket import Ticket
 from ebcompress.channels.zero_init import find_zero_init_bn
@@ -27,6 +28,7 @@ from ebcompress.cost.flops import FlopCount, TrainingLedger, count_flops
 from ebcompress.data import DataSplit, load_data, skipped_images
 from ebcompress.deploy.formats import ModelSpec, default_path, export, export_bundle
 from ebcompress.engine import distributed as dist
+from ebcompress.engine.distill import Distillation, DistillConfig
 from ebcompress.engine.divergence import DivergenceError
 from ebcompress.engine.progress import log
 from ebcompress.errors import UserError
@@ -50,6 +52,7 @@ from ebcompress.run.results import (
     Accuracy,
     CostSummary,
     DataSummary,
+    DistillSummary,
     ModelSummary,
     RetrainSummary,
     RunResults,
@@ -122,9 +125,10 @@ def _run(run: RunContext, dense_cost: FlopCount) -> dict[str, Any]:
     write_state(run_dir, RunState(status="search", method=key))
     seed_phase(run.recipe.seed, "search")
     outcome, plan = search_or_resume(method, run)
+    distill = _distillation(run, outcome)  # before slimming: that may load another start
     slim_model = _slim_for_retrain(run, outcome, plan)
     write_state(run_dir, RunState(status="retrain", method=key))
-    retrained = _retrain(run, slim_model, plan)
+    retrained = _retrain(run, slim_model, plan, distill)
     if not dist.is_main():
         return {}
     _export(run, retrained.model, outcome.ticket)
@@ -196,10 +200,42 @@ class _Retrained(NamedTuple):
     cost: FlopCount  # the slim network's forward cost
     history_epochs: int  # epochs this process trained
     final: dict[str, Any]  # the test metrics after retraining
+    teacher_macs: int | None  # the distillation teacher's forward MACs (None: none)
 
 
-def _retrain(run: RunContext, slim_model: nn.Module, plan: RetrainPlan) -> _Retrained:
-    """Retrain the slim network per the plan (resumable) and evaluate it."""
+def _distillation(run: RunContext, outcome: SearchOutcome) -> Distillation | None:
+    """``retrain.distill``'s teacher (None without one): the searched dense network, or the
+    named file's weights in their architecture, with its forward cost."""
+    distill, recipe, data = run.recipe.retrain.distill, run.recipe, run.data
+    if distill is None:
+        return None
+    if distill.from_file:
+        name = distill.model or recipe.model.name
+        kwargs = distill.kwargs if distill.model else recipe.model.kwargs
+        try:
+            teacher = build_model(
+                name, data.num_classes, data.in_chans, init=distill.teacher, **kwargs
+            )
+        except UserError as exc:  # the loader names the field it was written for
+            raise UserError(str(exc).replace("model.init", "retrain.distill.teacher", 1)) from None
+    else:
+        if outcome.teacher_state is None:
+            raise UserError(
+                f"{RunPaths(run.run_dir).search_result} holds no dense teacher for "
+                "retrain.distill (the search ran without it); rerun with --overwrite"
+            )
+        teacher = clone_module(dist.unwrap(run.model))
+        teacher.load_state_dict(outcome.teacher_state)
+    macs = count_flops(teacher, _input_size(data)).macs
+    config = DistillConfig(alpha=distill.alpha, temperature=distill.temperature)
+    return Distillation(teacher, config, macs_per_sample=macs)
+
+
+def _retrain(
+    run: RunContext, slim_model: nn.Module, plan: RetrainPlan, distill: Distillation | None
+) -> _Retrained:
+    """Retrain the slim network per the plan (resumable), with ``distill``'s teacher if any,
+    and evaluate it."""
     recipe, data, dev, run_dir, ledger = run.recipe, run.data, run.device, run.run_dir, run.ledger
     progress = run.progress
     slim_cost = count_flops(slim_model, _input_size(data))
@@ -215,9 +251,24 @@ def _retrain(run: RunContext, slim_model: nn.Module, plan: RetrainPlan) -> _Retr
         ledger=ledger,
         macs_per_sample=slim_cost.macs,
         plan=plan,
+        distill=distill,
     )
     history = trainer.fit(resume=run.resume)
-    return _Retrained(slim_model, slim_cost, len(history), trainer.evaluate())
+    teacher_macs = None if distill is None else distill.macs_per_sample
+    return _Retrained(slim_model, slim_cost, len(history), trainer.evaluate(), teacher_macs)
+
+
+def _distill_summary(recipe: Recipe, teacher_macs: int | None) -> DistillSummary | None:
+    distill = recipe.retrain.distill
+    if distill is None or teacher_macs is None:
+        return None
+    return DistillSummary(
+        teacher=distill.teacher,
+        sha256=distill.teacher_sha256,
+        teacher_macs=teacher_macs,
+        alpha=distill.alpha,
+        temperature=distill.temperature,
+    )
 
 
 def _export(run: RunContext, model: nn.Module, ticket: Ticket) -> None:
@@ -363,6 +414,7 @@ def _results(
             start_epoch=plan.start_epoch,
             end_epoch=plan.end_epoch,
             history_epochs=retrained.history_epochs,
+            distill=_distill_summary(run.recipe, retrained.teacher_macs),
         ),
         accuracy=Accuracy(
             test_top1=final["top1"], test_top5=final["top5"], test_loss=final["loss"]

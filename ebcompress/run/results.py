@@ -62,15 +62,29 @@ class SearchSummary:
 
 
 @dataclass(frozen=True)
+class DistillSummary:
+    """The retraining's distillation teacher: ``dense`` (the run's searched dense network) or
+    the file (with its sha256), its forward MACs per sample (charged to the retrain phase's
+    FLOPs), and the loss's ``alpha`` and ``temperature``."""
+
+    teacher: str
+    sha256: str | None
+    teacher_macs: int
+    alpha: float
+    temperature: float
+
+
+@dataclass(frozen=True)
 class RetrainSummary:
-    """The retraining: ``mode`` reinit / inherit, ``schedule`` restart / continue, and the
-    epochs of the dense schedule it covered."""
+    """The retraining: ``mode`` reinit / inherit, ``schedule`` restart / continue, the
+    epochs of the dense schedule it covered, and its distillation teacher (None: none)."""
 
     mode: str
     schedule: str
     start_epoch: int
     end_epoch: int
     history_epochs: int  # epochs this process trained (fewer after a resume mid-retrain)
+    distill: DistillSummary | None = None
 
     @property
     def epochs(self) -> int:
@@ -201,6 +215,7 @@ class RunResults:
                 "end_epoch": retrain.end_epoch,
                 "epochs": retrain.epochs,
                 "history_epochs": retrain.history_epochs,
+                **({} if retrain.distill is None else {"distill": vars(retrain.distill)}),
             },
             "accuracy": {
                 "test_top1": self.accuracy.test_top1,
@@ -267,6 +282,7 @@ class RunResults:
                 start_epoch=start,
                 end_epoch=int(r["end_epoch"]),
                 history_epochs=int(r["history_epochs"]),
+                distill=None if r.get("distill") is None else _distill(r["distill"]),
             ),
             accuracy=Accuracy(
                 test_top1=float(a["test_top1"]),
@@ -292,6 +308,16 @@ def _init(data: Mapping[str, Any]) -> InitSummary:
         file=str(data["file"]),
         sha256=str(data["sha256"]),
         new_head=tuple(str(h) for h in data.get("new_head") or ()),
+    )
+
+
+def _distill(data: Mapping[str, Any]) -> DistillSummary:
+    return DistillSummary(
+        teacher=str(data["teacher"]),
+        sha256=None if data.get("sha256") is None else str(data["sha256"]),
+        teacher_macs=int(data["teacher_macs"]),
+        alpha=float(data["alpha"]),
+        temperature=float(data["temperature"]),
     )
 
 

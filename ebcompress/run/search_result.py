@@ -3,11 +3,12 @@
 Once a method's search has drawn its ticket and planned the retraining,
 :func:`search_or_resume` writes ``ticket.json`` and ``search_result/``: ``outcome.json``
 (the outcome's fields, the retrain plan's epochs, the ledger so far) and
-``tensors.safetensors`` (the dense weights the slim network is cut from, and any fixed
-weight masks). A resumed run reads them back instead of calling the method
-again, so SNIP's sensitivities and ThiNet's greedy channel selection are never recomputed
-(on a GPU they need not come out the same). ``outcome.json`` is written last, atomically: a
-run killed while saving simply searches again, from its checkpoints.
+``tensors.safetensors`` (the dense weights the slim network is cut from, any fixed weight
+masks, and a distillation teacher's dense weights where they are not the start). A resumed
+run reads them back instead of calling the method again, so SNIP's sensitivities and
+ThiNet's greedy channel selection are never recomputed (on a GPU they need not come out
+the same). ``outcome.json`` is written last, atomically: a run killed while saving simply
+searches again, from its checkpoints.
 
 Pickle-free: JSON and safetensors only.
 """
@@ -30,10 +31,11 @@ from ebcompress.engine import distributed as dist
 from ebcompress.engine.progress import log
 from ebcompress.errors import UserError
 from ebcompress.methods.base import Method, RetrainPlan, RunContext, SearchOutcome
+from ebcompress.recipe import Recipe
 from ebcompress.run.paths import RunPaths
 
 FORMAT = 1
-_START, _MASK = "start.", "mask."
+_START, _MASK, _TEACHER = "start.", "mask.", "teacher."
 
 
 def search_or_resume(method: Method, run: RunContext) -> tuple[SearchOutcome, RetrainPlan]:
@@ -51,6 +53,9 @@ def search_or_resume(method: Method, run: RunContext) -> tuple[SearchOutcome, Re
         )
         return outcome, plan
     outcome = method.search(run)
+    if dense_teacher(run.recipe):  # a copy: retraining may load another start into run.model
+        searched = dist.unwrap(run.model).state_dict()
+        outcome.teacher_state = {k: v.detach().clone() for k, v in searched.items()}
     if run.shared_search_dir is not None:  # the compare's real cost counts this search once
         outcome.extra["shared_search"] = run.shared_search_dir.name
     check_ticket_agrees_across_ranks(outcome.ticket, run.device)
@@ -62,6 +67,11 @@ def search_or_resume(method: Method, run: RunContext) -> tuple[SearchOutcome, Re
             start = plan.start_state or dist.unwrap(run.model).state_dict()
         save_search_result(paths.root, outcome, plan, start, run.ledger)
     return outcome, plan
+
+
+def dense_teacher(recipe: Recipe) -> bool:
+    """Whether the retraining distils from the run's own dense network."""
+    return recipe.retrain.distill is not None and not recipe.retrain.distill.from_file
 
 
 def check_ticket_agrees_across_ranks(ticket: Ticket, device: torch.device) -> None:
@@ -82,10 +92,15 @@ def save_search_result(
     ledger: TrainingLedger,
 ) -> None:
     """Write ``run_dir/search_result/``; ``start_state`` is what the slim net is cut from
-    (None when it is re-initialised)."""
+    (None when it is re-initialised). ``outcome.teacher_state`` is written too unless it is
+    the start (a distillation teacher that is not the start: LT's rewind, a reinit)."""
     paths = RunPaths(run_dir)
     paths.search_result.mkdir(parents=True, exist_ok=True)
+    teacher = outcome.teacher_state
+    if teacher is not None and start_state is not None and _same_tensors(teacher, start_state):
+        teacher = None  # read back as the start
     tensors = {
+        **{_TEACHER + k: v.detach().cpu().contiguous() for k, v in (teacher or {}).items()},
         # contiguous: a channels_last model's weights are strided, which safetensors refuses
         **{_START + k: v.detach().cpu().contiguous() for k, v in (start_state or {}).items()},
         **{
@@ -107,10 +122,15 @@ def save_search_result(
             "reinit": plan.reinit,
             "lr": plan.lr,
             "has_start_state": start_state is not None,
+            "has_teacher_state": outcome.teacher_state is not None,
         },
         "ledger": ledger.to_dict(),
     }
     write_text_atomic(paths.search_outcome, json.dumps(meta, indent=1) + "\n")
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 def load_search_result(
@@ -138,6 +158,8 @@ def load_search_result(
     # the weights the slim network is cut from: the outcome's own or the searched model's,
     # which a resumed run no longer holds, so the outcome carries them either way
     start_state = start if plan_meta["has_start_state"] else None
+    teacher = {k[len(_TEACHER) :]: v for k, v in tensors.items() if k.startswith(_TEACHER)}
+    teacher_state = (teacher or start_state) if plan_meta.get("has_teacher_state") else None
     outcome = SearchOutcome(
         ticket=Ticket.load(ticket_path),
         search_epochs=int(meta["search_epochs"]),
@@ -146,6 +168,7 @@ def load_search_result(
         weight_masks=masks or None,
         extra=dict(meta["extra"]),
         start_state=start_state,
+        teacher_state=teacher_state,
     )
     plan = RetrainPlan(
         start_epoch=int(plan_meta["start_epoch"]),
