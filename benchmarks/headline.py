@@ -79,10 +79,11 @@ def protocol_recipe(base: list[str], seed: int, protocol: str, finetune_epochs: 
 
 def jobs(seeds: list[int], baseline_seeds: list[int], baselines: list[str]) -> list[tuple]:
     """(seed, protocol, methods) in the order they run: EB and NS seed by seed (both
-    protocols), then the baselines, so the paired EB-NS numbers arrive first."""
+    protocols), then each baseline as a job of its own (the results page is written after
+    every job, so a session stopped inside the baselines keeps those it finished), so the
+    paired EB-NS numbers arrive first."""
     order = [(s, p, list(CORE)) for s in seeds for p in ("paper", "finetune")]
-    if baselines:
-        order += [(s, "paper", [*CORE, *baselines]) for s in baseline_seeds]
+    order += [(s, "paper", [*CORE, m]) for s in baseline_seeds for m in baselines]
     return order
 
 

@@ -152,3 +152,15 @@ def test_a_job_runs_only_the_methods_the_results_lack(tmp_path, monkeypatch) -> 
         ]
     )
     assert called == [(0, "finetune", ["eb", "ns"]), (0, "paper", ["snip"])]
+
+
+def test_each_baseline_is_a_job_of_its_own_after_the_paired_seeds() -> None:
+    order = headline.jobs([0, 1], [0], ["lt", "snip"])
+    assert order == [
+        (0, "paper", ["eb", "ns"]),
+        (0, "finetune", ["eb", "ns"]),
+        (1, "paper", ["eb", "ns"]),
+        (1, "finetune", ["eb", "ns"]),
+        (0, "paper", ["eb", "ns", "lt"]),  # EB and NS are already done by then: skipped
+        (0, "paper", ["eb", "ns", "snip"]),
+    ]
