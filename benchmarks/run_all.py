@@ -66,6 +66,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     ),
     Benchmark("user_models", full="--quiet", short="--budget short --quiet"),
     Benchmark("plan_accuracy", full="", short="--budget short"),
+    Benchmark(
+        "distill_gain",
+        full="",
+        short="--seeds 0,1 --set train.epochs=6 --set train.milestones=[3,5] "
+        "--set data.train_subset=400 --stem distill_gain_short",
+    ),
 )
 BUDGETS = ("full", "short")
 

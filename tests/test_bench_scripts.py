@@ -346,3 +346,28 @@ def test_user_models_targets_name_their_causes() -> None:
     assert user_models._status(2, nan, Path("/nonexistent")) == "refused"
     assert user_models._status(1, "Traceback\n", Path("/nonexistent")) == "crashed (exit 1)"
     assert user_models._error_line("x\nerror: one line\nlater noise\n") == "error: one line"
+
+
+@pytest.mark.slow
+def test_distill_gain_pairs_each_seed_and_charges_the_teacher(tmp_path) -> None:
+    import distill_gain
+
+    argv = [
+        *("--seeds", "0,1", "--methods", "eb", "--runs", str(tmp_path / "runs")),
+        *("--results", str(tmp_path / "res"), "--stem", "t"),
+        *[arg for pair in TINY for arg in ("--set", pair)],
+    ]
+    result = distill_gain.main(argv)
+    keys = sorted((r["seed"], r["protocol"]) for r in result["rows"])
+    assert keys == [(0, "distill"), (0, "plain"), (1, "distill"), (1, "plain")]
+    for row in result["rows"]:
+        assert (row["teacher_flops"] > 0) == (row["protocol"] == "distill")
+    # both protocols of a seed retrain the same ticket: the search is trained once
+    assert result["summary"]["eb"]["difference"]["n"] == 2
+    for seed in (0, 1):
+        shared = tmp_path / "runs" / f"seed{seed}" / "shared"
+        assert (
+            shared.is_dir()
+            and not (tmp_path / "runs" / f"seed{seed}" / "plain" / "shared").exists()
+        )
+    assert "distilled − plain" in (tmp_path / "res" / "t.md").read_text()

@@ -15,7 +15,9 @@ at ``prune.max_search_epochs``); :meth:`Forecast.check` compares a finished run'
 the forecast at the epochs each phase actually ran. The retraining rate is timed on a slim
 network of a stand-in ticket at the recipe's ratio: the run's own ticket is not known in
 advance, so its MACs (and therefore the retraining FLOPs) are an estimate, marked
-``macs_estimated``.
+``macs_estimated``. A retraining that distils from a teacher (``retrain.distill``) is timed
+with that teacher running, and its rate counts the teacher's forward FLOPs as the ledger
+does (``teacher_macs_per_sample``).
 
 This module imports only the core (the ledger's formula); a forecast is plain JSON.
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ebcompress.atomic import write_text_atomic
-from ebcompress.cost.flops import TrainingLedger, training_flops
+from ebcompress.cost.flops import FLOPS_PER_MAC, TrainingLedger, training_flops
 from ebcompress.errors import UserError
 
 FORMAT = 1
@@ -49,6 +51,8 @@ class PhaseRate:
     ticket's slim network's, not the run's. ``cpu_share``: this process's CPU seconds per wall
     second while it was timed (up to its thread count; less when other work shared the
     cores), which says how loaded the machine was; None where not recorded.
+    ``teacher_macs_per_sample``: a distillation teacher's forward MACs (0: none), one forward
+    per trained sample, charged as the ledger's ``PhaseCost.teacher_flops``.
     """
 
     macs_per_sample: int
@@ -61,12 +65,17 @@ class PhaseRate:
     joules: float | None = None
     macs_estimated: bool = False
     cpu_share: float | None = None
+    teacher_macs_per_sample: int = 0
 
     def flops(self, epochs: int, macs_per_sample: int | None = None) -> int:
-        """Training FLOPs of ``epochs`` epochs (the ledger's formula), at this rate's MACs
-        or at ``macs_per_sample``."""
+        """Training FLOPs of ``epochs`` epochs (the ledger's formula: the student's 3 x 2 x
+        MACs x samples plus a teacher's 2 x MACs x samples), at this rate's MACs or at the
+        student's ``macs_per_sample``."""
         macs = self.macs_per_sample if macs_per_sample is None else macs_per_sample
-        return training_flops(macs, self.samples_per_epoch, epochs)
+        samples = self.samples_per_epoch * epochs
+        return (
+            training_flops(macs, samples) + FLOPS_PER_MAC * self.teacher_macs_per_sample * samples
+        )
 
     def train_time(self, epochs: int) -> float:
         """Seconds of the training passes of ``epochs`` epochs (the ledger's seconds)."""
@@ -110,7 +119,9 @@ class PhaseEstimate:
 @dataclass(frozen=True)
 class PhaseCheck:
     """A finished phase against its forecast at the epochs it ran; errors are
-    (predicted - measured) / measured, None where either side is missing or zero."""
+    (predicted - measured) / measured, None where either side is missing or zero. The FLOPs
+    include a distillation teacher's forward passes on both sides; ``*_teacher_macs`` are
+    its MACs per sample (0: none)."""
 
     phase: str
     epochs: int
@@ -124,6 +135,8 @@ class PhaseCheck:
     predicted_wall_seconds: float
     predicted_joules: float | None
     measured_joules: float | None
+    predicted_teacher_macs: int = 0
+    measured_teacher_macs: int = 0
 
     @property
     def flops_error(self) -> float | None:
@@ -219,6 +232,8 @@ class Forecast:
                     predicted_wall_seconds=rate.wall_time(cost.epochs),
                     predicted_joules=rate.energy(cost.epochs),
                     measured_joules=cost.joules,
+                    predicted_teacher_macs=rate.teacher_macs_per_sample,
+                    measured_teacher_macs=cost.teacher_macs_per_sample,
                 )
             )
         return checks
@@ -302,9 +317,10 @@ def _rate(values: Mapping[str, Any]) -> PhaseRate:
         joules=None if values.get("joules") is None else float(values["joules"]),
         macs_estimated=bool(values.get("macs_estimated", False)),
         cpu_share=None if values.get("cpu_share") is None else float(values["cpu_share"]),
+        teacher_macs_per_sample=int(values.get("teacher_macs_per_sample", 0)),  # older: none
     )
     seconds = (rate.train_seconds, rate.eval_seconds, rate.other_seconds)
-    if rate.macs_per_sample < 0 or rate.samples_per_epoch < 0:
+    if min(rate.macs_per_sample, rate.samples_per_epoch, rate.teacher_macs_per_sample) < 0:
         raise ValueError("negative MACs or samples")
     if not all(math.isfinite(s) and s >= 0 for s in seconds):
         raise ValueError(f"seconds {seconds} must be finite and >= 0")

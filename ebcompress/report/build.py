@@ -25,6 +25,7 @@ from ebcompress.atomic import write_text_atomic
 from ebcompress.channels.ticket import Ticket
 from ebcompress.engine.metrics_file import read_entries
 from ebcompress.errors import UserError
+from ebcompress.report.distill import cost_notes, macs_cell, training_sentence
 from ebcompress.report.forecast import forecast_section
 from ebcompress.report.health import RunHealth, assess_run
 from ebcompress.report.run_report import RunReport, budget_summary, describe_saving
@@ -298,7 +299,7 @@ def _training(report: RunReport) -> list[str]:
         "## Training",
         "",
         f"Retraining ({r.mode}) trained the slim network on {how}; the cost table gives "
-        "what it cost (phase `retrain`).",
+        "what it cost (phase `retrain`)." + training_sentence(report.results, _fmt_count),
         "",
         *_image(report, "curves", "loss and accuracy per epoch"),
     ]
@@ -332,8 +333,9 @@ def _training(report: RunReport) -> list[str]:
 def _cost(report: RunReport) -> list[str]:
     c = report.results.cost
     seconds = c.seconds_per_phase
+    teacher = " + 2 x teacher MACs x samples" if any(p.teacher_flops for p in c.phases) else ""
     lines = [
-        "## Training cost (FLOPs = 3 x 2 x MACs x samples)",
+        f"## Training cost (FLOPs = 3 x 2 x MACs x samples{teacher})",
         "",
         "| phase | MACs / sample | samples | epochs | training FLOPs | wall time | energy |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -341,7 +343,7 @@ def _cost(report: RunReport) -> list[str]:
     for p in c.phases:
         energy = "not measured" if p.joules is None else _fmt_count(p.joules, "J")
         lines.append(
-            f"| {p.phase} | {_fmt_count(p.macs_per_sample)} | {p.samples} | {p.epochs} "
+            f"| {p.phase} | {macs_cell(p, _fmt_count)} | {p.samples} | {p.epochs} "
             f"| {_fmt_count(p.training_flops)} | {seconds.get(p.phase, 0):.1f} s | {energy} |"
         )
     total_energy = "" if c.total_joules is None else f"**{_fmt_count(c.total_joules, 'J')}**"
@@ -350,6 +352,7 @@ def _cost(report: RunReport) -> list[str]:
         f"| **total** | | | | **{_fmt_count(c.total_flops)}** "
         f"| **{c.total_seconds:.1f} s** | {total_energy} |",
         "",
+        *cost_notes(report.results, _fmt_count),
         f"A full dense training of this recipe costs {_fmt_count(c.dense_reference_flops)} "
         f"FLOPs: this run used {100 / c.saving_vs_dense:.1f} % of that, "
         f"{describe_saving(c.saving_vs_dense)}"

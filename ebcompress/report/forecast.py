@@ -88,4 +88,12 @@ def forecast_section(paths: RunPaths, results: RunResults) -> list[str]:
             f"({_count(check.predicted_macs)} MACs per sample); the run's ticket has "
             f"{_count(check.measured_macs)} (forecast {_error(error)})."
         )
+    for check in checks:
+        if check.predicted_teacher_macs != check.measured_teacher_macs:
+            lines.append(
+                f"{check.phase}: the run's distillation teacher ran "
+                f"{_count(check.measured_teacher_macs)} MACs per sample, the forecast's "
+                f"{_count(check.predicted_teacher_macs)} (a forecast made without "
+                "`retrain.distill` does not count its forward passes)."
+            )
     return [*lines, ""]

@@ -249,11 +249,13 @@ def plot_curves(
 
 def _dense_extrapolation(results: RunResults, measured: Mapping[str, float | None]) -> float | None:
     """What a full dense training would take of a quantity measured per phase (seconds,
-    joules): scaled by FLOPs from a phase that trained the dense network, else None."""
+    joules): scaled by FLOPs from a phase that trained the dense network, else None. A phase
+    with a distillation teacher is not one: its time and FLOPs include the teacher's passes."""
     cost = results.cost
     for phase in cost.phases:
         value = measured.get(phase.phase)
-        if phase.macs_per_sample == results.model.dense.macs and phase.training_flops and value:
+        dense = phase.macs_per_sample == results.model.dense.macs
+        if dense and not phase.teacher_macs_per_sample and phase.training_flops and value:
             return value * cost.dense_reference_flops / phase.training_flops
     return None
 

@@ -50,6 +50,7 @@ LEGACY = {
     "model.init": None,  # runs before starting weights existed started from random ones
     "model.init_sha256": None,
     "prune.dense_epochs": None,
+    "retrain.distill": None,  # runs before distillation trained on the labels alone
 }
 
 

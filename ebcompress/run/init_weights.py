@@ -25,12 +25,13 @@ def with_init_checksum(recipe: Recipe) -> Recipe:
     file); a UserError when one does not match a checksum the recipe already names."""
     model, distill = recipe.model, recipe.retrain.distill
     if model.init is not None:
-        digest = _checked_sha256(model.init, model.init_sha256, "model.init", "init_sha256")
+        where, field = "model.init", "model.init_sha256"
+        digest = _checked_sha256(model.init, model.init_sha256, where, field)
         recipe = recipe.model_copy(
             update={"model": model.model_copy(update={"init_sha256": digest})}
         )
     if distill is not None and distill.from_file:
-        where, field = "retrain.distill.teacher", "teacher_sha256"
+        where, field = "retrain.distill.teacher", "retrain.distill.teacher_sha256"
         digest = _checked_sha256(distill.teacher, distill.teacher_sha256, where, field)
         retrain = recipe.retrain.model_copy(
             update={"distill": distill.model_copy(update={"teacher_sha256": digest})}
@@ -40,7 +41,10 @@ def with_init_checksum(recipe: Recipe) -> Recipe:
 
 
 def _checked_sha256(path: str, pinned: str | None, where: str, field: str) -> str:
-    digest = file_sha256(path)
+    try:
+        digest = file_sha256(path)
+    except UserError as exc:  # the reader names model.init, the field it was written for
+        raise UserError(str(exc).replace("model.init", where, 1)) from None
     if pinned is not None and pinned != digest:
         raise UserError(
             f"{where} {path!r} has sha256 {digest}, not {field} {pinned} (was the file "

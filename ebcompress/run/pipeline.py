@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from ebcompress.atomic import write_text_atomic
-from ebcompress.channels.groups import clone_module
 from ebcompress.channels.slim import slim
 from ebcompress.channels.ticket import Ticket
 from ebcompress.channels.zero_init import find_zero_init_bn
@@ -28,7 +27,7 @@ from ebcompress.cost.flops import FlopCount, TrainingLedger, count_flops
 from ebcompress.data import DataSplit, load_data, skipped_images
 from ebcompress.deploy.formats import ModelSpec, default_path, export, export_bundle
 from ebcompress.engine import distributed as dist
-from ebcompress.engine.distill import Distillation, DistillConfig
+from ebcompress.engine.distill import Distillation
 from ebcompress.engine.divergence import DivergenceError
 from ebcompress.engine.progress import log
 from ebcompress.errors import UserError
@@ -44,6 +43,7 @@ from ebcompress.methods.training import build_trainer
 from ebcompress.models import build_model
 from ebcompress.recipe import Recipe
 from ebcompress.report.build import write_report
+from ebcompress.run.distill_teacher import build_file_teacher, distill_summary, distillation
 from ebcompress.run.drift import check_resume
 from ebcompress.run.init_weights import describe_init, init_summary, with_init_checksum
 from ebcompress.run.lock import run_lock
@@ -52,7 +52,6 @@ from ebcompress.run.results import (
     Accuracy,
     CostSummary,
     DataSummary,
-    DistillSummary,
     ModelSummary,
     RetrainSummary,
     RunResults,
@@ -123,9 +122,11 @@ def _run(run: RunContext, dense_cost: FlopCount) -> dict[str, Any]:
     run_dir, key = run.run_dir, run.recipe.prune.method
     method = get_method(key)
     write_state(run_dir, RunState(status="search", method=key))
+    file_teacher = build_file_teacher(run)  # a file that does not fit stops before the search
     seed_phase(run.recipe.seed, "search")
     outcome, plan = search_or_resume(method, run)
-    distill = _distillation(run, outcome)  # before slimming: that may load another start
+    # before slimming, which may load another start into run.model
+    distill = distillation(run, outcome, file_teacher)
     slim_model = _slim_for_retrain(run, outcome, plan)
     write_state(run_dir, RunState(status="retrain", method=key))
     retrained = _retrain(run, slim_model, plan, distill)
@@ -203,34 +204,6 @@ class _Retrained(NamedTuple):
     teacher_macs: int | None  # the distillation teacher's forward MACs (None: none)
 
 
-def _distillation(run: RunContext, outcome: SearchOutcome) -> Distillation | None:
-    """``retrain.distill``'s teacher (None without one): the searched dense network, or the
-    named file's weights in their architecture, with its forward cost."""
-    distill, recipe, data = run.recipe.retrain.distill, run.recipe, run.data
-    if distill is None:
-        return None
-    if distill.from_file:
-        name = distill.model or recipe.model.name
-        kwargs = distill.kwargs if distill.model else recipe.model.kwargs
-        try:
-            teacher = build_model(
-                name, data.num_classes, data.in_chans, init=distill.teacher, **kwargs
-            )
-        except UserError as exc:  # the loader names the field it was written for
-            raise UserError(str(exc).replace("model.init", "retrain.distill.teacher", 1)) from None
-    else:
-        if outcome.teacher_state is None:
-            raise UserError(
-                f"{RunPaths(run.run_dir).search_result} holds no dense teacher for "
-                "retrain.distill (the search ran without it); rerun with --overwrite"
-            )
-        teacher = clone_module(dist.unwrap(run.model))
-        teacher.load_state_dict(outcome.teacher_state)
-    macs = count_flops(teacher, _input_size(data)).macs
-    config = DistillConfig(alpha=distill.alpha, temperature=distill.temperature)
-    return Distillation(teacher, config, macs_per_sample=macs)
-
-
 def _retrain(
     run: RunContext, slim_model: nn.Module, plan: RetrainPlan, distill: Distillation | None
 ) -> _Retrained:
@@ -256,19 +229,6 @@ def _retrain(
     history = trainer.fit(resume=run.resume)
     teacher_macs = None if distill is None else distill.macs_per_sample
     return _Retrained(slim_model, slim_cost, len(history), trainer.evaluate(), teacher_macs)
-
-
-def _distill_summary(recipe: Recipe, teacher_macs: int | None) -> DistillSummary | None:
-    distill = recipe.retrain.distill
-    if distill is None or teacher_macs is None:
-        return None
-    return DistillSummary(
-        teacher=distill.teacher,
-        sha256=distill.teacher_sha256,
-        teacher_macs=teacher_macs,
-        alpha=distill.alpha,
-        temperature=distill.temperature,
-    )
 
 
 def _export(run: RunContext, model: nn.Module, ticket: Ticket) -> None:
@@ -414,7 +374,7 @@ def _results(
             start_epoch=plan.start_epoch,
             end_epoch=plan.end_epoch,
             history_epochs=retrained.history_epochs,
-            distill=_distill_summary(run.recipe, retrained.teacher_macs),
+            distill=distill_summary(run.recipe, retrained.teacher_macs),
         ),
         accuracy=Accuracy(
             test_top1=final["top1"], test_top5=final["top5"], test_loss=final["loss"]

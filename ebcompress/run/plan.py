@@ -12,8 +12,10 @@ EB's search as timed, network slimming's search without the mask drawing, and de
 training without the BN-L1 penalty either (both timed apart inside it). The slim network is
 the timed dense one slimmed to the mask the detector drew at the recipe's ratio (or budget)
 after the last timed epoch, and is timed the same way as a retraining. Its MACs stand in for
-those of the run's ticket, which nobody knows before the search (``macs_estimated``). Only
-one process is modelled (no DDP).
+those of the run's ticket, which nobody knows before the search (``macs_estimated``). With
+``retrain.distill``, the retraining is timed with a teacher (:func:`_teacher`) and its rate
+counts the teacher's forward FLOPs, as the run's ledger does. Only one process is modelled
+(no DDP).
 
 The global RNG states are restored afterwards, so a run started after the forecast in the
 same process (``ebcompress prune --plan``) trains exactly as one without it.
@@ -38,28 +40,27 @@ from torch.utils.data import Subset
 from ebcompress.channels.capped import CappedGroupsWarning
 from ebcompress.channels.slim import slim
 from ebcompress.cost.flops import TrainingLedger, count_flops
-from ebcompress.cost.forecast import Forecast, PhaseRate, Scenario
+from ebcompress.cost.forecast import Forecast, PhaseRate
 from ebcompress.data import DataSplit, load_data
 from ebcompress.deploy.bench import machine_info
 from ebcompress.engine.checkpoint import capture_rng_state, restore_rng_state
+from ebcompress.engine.distill import Distillation, DistillConfig
 from ebcompress.engine.divergence import DivergenceError
 from ebcompress.engine.preemption import Preempted
 from ebcompress.engine.stats import EpochStats
 from ebcompress.errors import UserError
-from ebcompress.methods.base import RetrainPlan, chance_top1, retrain_epochs_after_search
+from ebcompress.methods.base import RetrainPlan, chance_top1
 from ebcompress.methods.data import data_options
 from ebcompress.methods.eb_train import early_bird_for
 from ebcompress.methods.training import build_trainer, retrain_schedule
 from ebcompress.models import build_model
 from ebcompress.recipe import Recipe
 from ebcompress.run.pipeline import training_device
+from ebcompress.run.plan_scenarios import scenarios
 
 TIMED_EPOCHS = 2  # short epochs timed after the warm-up one
 DEFAULT_STEPS = 20
 DEFAULT_EVAL_BATCHES = 10
-#: Early-Bird emergence epochs shown, as fractions of train.epochs (the paper's tickets
-#: emerge in the first 10-20 % of the schedule), besides prune.max_search_epochs.
-EMERGENCE_FRACTIONS = (0.1, 0.2)
 
 
 def samples_per_epoch(n: int, batch_size: int) -> int:
@@ -129,6 +130,7 @@ def _forecast(
     with _stopwatch(setup, "slim"):  # what the pipeline does before retraining
         slim_model = slim(model, ticket, example)
         slim_macs = count_flops(slim_model, input_size).macs
+    teacher, teacher_note = _teacher(recipe, data, model, dev)  # slim() copied the dense net
     slimmed = _time_network(
         slim_model,
         subset,
@@ -138,6 +140,7 @@ def _forecast(
         slim_macs,
         _EpochClock(),
         plan=RetrainPlan(start_epoch=0, end_epoch=1 + TIMED_EPOCHS),
+        distill=teacher,
     )
     search = dense.rate(full, dense_cost.macs)
     without_masks = replace(search, other_seconds=max(0.0, search.other_seconds - dense.masks))
@@ -147,13 +150,17 @@ def _forecast(
         train_seconds=max(0.0, search.train_seconds - penalty),
         joules=_scaled(search.joules, search.train_seconds, search.train_seconds - penalty),
     )
-    retrain = replace(slimmed.rate(full, slim_macs), macs_estimated=True)
-    scenarios, notes = _scenarios(recipe)
+    teacher_macs = 0 if teacher is None else teacher.macs_per_sample or 0
+    retrain = replace(
+        slimmed.rate(full, slim_macs), macs_estimated=True, teacher_macs_per_sample=teacher_macs
+    )
+    rows, notes = scenarios(recipe)
     notes.append(
         f"retraining timed on the slim network of the mask the detector drew at p = "
         f"{ticket.ratio:g} after the timed steps ({slim_macs:,} MACs per sample, "
         f"{slim_macs / dense_cost.macs:.1%} of dense); the run's own ticket decides its MACs"
     )
+    notes += [teacher_note] if teacher_note else []
     if recipe.prune.method not in ("eb", "ns"):
         notes.append(
             f"prune.method {recipe.prune.method!r} is not forecast (its phases differ); "
@@ -171,7 +178,7 @@ def _forecast(
             "eb": {"search": search, "retrain": retrain},
             "ns": {"search": without_masks, "retrain": retrain},
         },
-        scenarios=tuple(scenarios),
+        scenarios=tuple(rows),
         setup_seconds=setup,
         notes=tuple(notes),
     )
@@ -281,9 +288,10 @@ def _time_network(
     macs: int,
     clock: _EpochClock,
     plan: RetrainPlan | None = None,
+    distill: Distillation | None = None,
 ) -> _Timed:
     """Train ``model`` (in place: the forecast throws it away) 1 + TIMED_EPOCHS epochs on
-    ``data`` as ``phase`` of ``recipe`` and time it."""
+    ``data`` as ``phase`` of ``recipe``, with ``distill``'s teacher if any, and time it."""
     ledger = TrainingLedger()
     clock.ledger = ledger
     with tempfile.TemporaryDirectory(prefix="ebcompress-plan-") as scratch:
@@ -299,6 +307,7 @@ def _time_network(
             ledger=ledger,
             macs_per_sample=macs,
             plan=plan,
+            distill=distill,
         )
         start, cpu_start = time.perf_counter(), time.process_time()
         with warnings.catch_warnings():
@@ -366,38 +375,27 @@ def _build(recipe: Recipe, data: DataSplit, dev: torch.device, seed_offset: int 
     return build_model(m.name, data.num_classes, data.in_chans, **m.kwargs).to(dev)
 
 
-# ----------------------------------------------------------------------------- scenarios
-
-
-def _scenarios(recipe: Recipe) -> tuple[list[Scenario], list[str]]:
-    """The rows ``ebcompress plan`` shows, and the notes they need."""
-    train, prune = recipe.train.epochs, recipe.prune
-    retrain = recipe.retrain.epochs or train
-    ns_search = train if prune.dense_epochs is None else prune.dense_epochs
-    rows = [
-        Scenario("dense", "full schedule", {"train": train}),
-        Scenario(
-            "ns",
-            "full schedule + fine-tune",
-            {"search": ns_search, "retrain": retrain},
-        ),
-    ]
-    limit = min(prune.max_search_epochs or train, train)
-    earliest = min(max(prune.window, prune.min_search_epochs, 1), limit)
-    emergence = sorted(
-        {min(max(round(f * train), earliest), limit) for f in EMERGENCE_FRACTIONS} | {limit}
+def _teacher(
+    recipe: Recipe, data: DataSplit, dense: nn.Module, dev: torch.device
+) -> tuple[Distillation | None, str]:
+    """``retrain.distill``'s teacher for the timing (None without one) and the forecast's note
+    on it: the timed ``dense`` network for ``teacher: dense``, else the file's architecture
+    (``distill.model``, default the recipe's) randomly initialised: only its cost is timed."""
+    distill = recipe.retrain.distill
+    if distill is None:
+        return None, ""
+    teacher, which = dense, "the dense network"
+    if distill.from_file:
+        name = distill.model or recipe.model.name
+        kwargs = distill.kwargs if distill.model else recipe.model.kwargs
+        torch.manual_seed(recipe.seed)
+        teacher = build_model(name, data.num_classes, data.in_chans, **kwargs).to(dev)
+        which = f"a randomly initialised {name} ({distill.teacher} is not read)"
+    macs = count_flops(
+        teacher, (data.in_chans, data.image_size, data.image_size), training=False
+    ).macs
+    config = DistillConfig(alpha=distill.alpha, temperature=distill.temperature)
+    return Distillation(teacher, config, macs_per_sample=macs), (
+        f"retraining timed distilling from {which}: its forward, {macs:,} MACs per sample, is "
+        "in the retraining's FLOPs (2 x teacher MACs x samples) and time"
     )
-    notes = [
-        "EB's search lasts until its ticket emerges, which no forecast knows: rows at "
-        f"{', '.join(f'{f:.0%}' for f in EMERGENCE_FRACTIONS)} of train.epochs (at least "
-        f"prune.window = {prune.window} epochs) and at the limit ({limit} epochs)"
-    ]
-    for epoch in emergence:
-        try:
-            start, end = retrain_epochs_after_search(recipe, epoch)
-        except UserError as exc:
-            notes.append(f"EB with a ticket at epoch {epoch}: {exc}")
-            continue
-        label = f"no ticket by epoch {epoch}" if epoch == limit else f"ticket at epoch {epoch}"
-        rows.append(Scenario("eb", label, {"search": epoch, "retrain": end - start}))
-    return rows, notes

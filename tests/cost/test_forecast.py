@@ -4,6 +4,7 @@ tests/run/test_plan.py times real networks)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -100,6 +101,21 @@ def test_check_leaves_out_what_the_forecast_does_not_cover() -> None:
     assert [c.phase for c in _forecast().check(ledger)] == ["search"]
 
 
+def test_a_distilled_rate_counts_its_teachers_forward_as_the_ledger_does() -> None:
+    distilled = replace(RETRAIN, teacher_macs_per_sample=1000)
+    assert distilled.flops(3) == training_flops(400, 640, 3) + 2 * 1000 * 640 * 3
+    ledger = TrainingLedger()
+    ledger.add("retrain", macs_per_sample=400, samples=640, epochs=3, teacher_macs_per_sample=1000)
+    (check,) = _forecast(rates={"eb": {"retrain": distilled}}).check(ledger)
+    assert check.predicted_flops == check.measured_flops == ledger.phases["retrain"].training_flops
+    assert check.predicted_teacher_macs == check.measured_teacher_macs == 1000
+    # JSON: kept, and a file written before distillation reads as no teacher
+    data = _forecast(rates={"eb": {"retrain": distilled}}).to_dict()
+    assert Forecast.from_dict(data).rate("eb", "retrain") == distilled
+    del data["rates"]["eb"]["retrain"]["teacher_macs_per_sample"]
+    assert Forecast.from_dict(data).rate("eb", "retrain") == RETRAIN
+
+
 def test_json_round_trip(tmp_path) -> None:
     forecast = _forecast()
     path = tmp_path / "forecast.json"
@@ -117,6 +133,7 @@ def test_json_round_trip(tmp_path) -> None:
         lambda d: d["rates"]["eb"]["search"].update(eval_seconds=float("nan")),
         lambda d: d["scenarios"][0].pop("epochs"),
         lambda d: d["rates"].update(eb=[1, 2]),
+        lambda d: d["rates"]["eb"]["retrain"].update(teacher_macs_per_sample=-1),
     ],
 )
 def test_a_damaged_forecast_is_one_user_error_naming_the_file(tmp_path, damage) -> None:

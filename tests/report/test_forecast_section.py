@@ -1,13 +1,18 @@
 """report.md's "Forecast against measured" section: shown only with a forecast.json, per phase
-of the run's ledger, and never at the cost of the report."""
+of the run's ledger (a distillation teacher's forward passes on both sides), and never at the
+cost of the report."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 from run_fakes import DENSE_MACS, TRAIN_SAMPLES, make_fake_run_dir
 
+from ebcompress.cost.flops import TrainingLedger
 from ebcompress.cost.forecast import Forecast, PhaseRate, Scenario
 from ebcompress.report.build import write_report
+from ebcompress.report.forecast import forecast_section
 from ebcompress.run.paths import RunPaths
 from ebcompress.run.state import read_state
 
@@ -75,3 +80,24 @@ def test_a_damaged_forecast_is_a_line_not_a_failed_report(run_dir) -> None:
     write_report(run_dir)
     section = paths.report_md.read_text().split(SECTION)[1]
     assert "Not shown: cannot read forecast" in section
+
+
+def test_a_distilled_phase_is_checked_with_its_teacher_and_a_forecast_without_it_is_named(
+    run_dir,
+) -> None:
+    results = read_state(run_dir).results
+    ledger = TrainingLedger()
+    ledger.add("retrain", macs_per_sample=DENSE_MACS // 3, samples=TRAIN_SAMPLES, epochs=2,
+               seconds=2.0, teacher_macs_per_sample=DENSE_MACS)  # fmt: skip
+    distilled = replace(results, cost=replace(results.cost, ledger=ledger))
+    paths = RunPaths(run_dir)
+    forecast = _forecast()
+    forecast.save(paths.forecast)  # made without retrain.distill
+    section = "\n".join(forecast_section(paths, distilled))
+    assert "retrain: the run's distillation teacher ran 2.00 M MACs per sample, the " in section
+    rate = replace(forecast.rates["eb"]["retrain"], macs_per_sample=DENSE_MACS // 3,
+                   teacher_macs_per_sample=DENSE_MACS)  # fmt: skip
+    replace(forecast, rates={"eb": {"retrain": rate}}).save(paths.forecast)
+    section = "\n".join(forecast_section(paths, distilled))
+    assert "distillation teacher" not in section and "| retrain | 2 |" in section
+    assert "+0.0 %" in section.split("| retrain | 2 |")[1].splitlines()[0]  # like with like

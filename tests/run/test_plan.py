@@ -1,16 +1,20 @@
 """``make_forecast`` on a tiny recipe, against a real run of the same recipe: the FLOPs are the
-ledger's exactly, the times are positive and shaped per phase, the RNGs are left alone."""
+ledger's exactly (a distillation teacher's forward included), the times are positive and shaped
+per phase, the RNGs are left alone."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ebcompress.cost.flops import training_flops
+from ebcompress.cost.flops import TrainingLedger, count_flops, training_flops
+from ebcompress.data import load_data
 from ebcompress.errors import UserError
+from ebcompress.methods.data import data_options
+from ebcompress.models import build_model
 from ebcompress.recipe import load_recipe
 from ebcompress.run.pipeline import run_pipeline
-from ebcompress.run.plan import TIMED_EPOCHS, make_forecast, samples_per_epoch
+from ebcompress.run.plan import TIMED_EPOCHS, _teacher, make_forecast, samples_per_epoch
 from ebcompress.run.state import read_state
 
 # 129 training images in batches of 64: the engine drops the final batch of one, so an
@@ -124,6 +128,47 @@ def test_the_forecast_leaves_the_global_rngs_as_it_found_them() -> None:
     before = torch.get_rng_state()
     make_forecast(recipe, device="cpu", steps=1, eval_batches=1)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.slow
+def test_a_distilled_retraining_is_forecast_with_its_teachers_forward() -> None:
+    recipe = load_recipe("quickstart", [*TINY, "retrain.distill={teacher: dense}"])
+    forecast = make_forecast(recipe, device="cpu", steps=1, eval_batches=1)
+    rate, dense = forecast.rate("eb", "retrain"), forecast.rate("dense", "train")
+    assert rate is not None and dense is not None and forecast.rate("ns", "retrain") == rate
+    teacher = rate.teacher_macs_per_sample
+    # the dense net teaches, counted in eval mode as it runs (BatchNorm: fewer ops)
+    assert dense.macs_per_sample > teacher > rate.macs_per_sample
+    assert teacher > 0.95 * dense.macs_per_sample
+    search = forecast.rate("eb", "search")
+    assert search is not None and search.teacher_macs_per_sample == 0
+    assert dense.teacher_macs_per_sample == 0
+    # the ledger's formula: the student's 3 x 2 x MACs x samples plus the teacher's forward
+    student = training_flops(rate.macs_per_sample, 128, 3)
+    assert rate.flops(3) == student + 2 * teacher * 128 * 3
+    ledger = TrainingLedger()
+    ledger.add("retrain", macs_per_sample=rate.macs_per_sample, samples=128, epochs=3,
+               teacher_macs_per_sample=teacher)  # fmt: skip
+    assert ledger.phases["retrain"].training_flops == rate.flops(3)
+    (check,) = forecast.check(ledger, "eb")
+    assert check.flops_error == 0 and check.predicted_teacher_macs == teacher
+    assert any("distilling from the dense network" in note for note in forecast.notes)
+
+
+def test_a_file_teacher_is_timed_in_its_architecture_without_reading_the_file() -> None:
+    distill = "{teacher: missing.safetensors, model: vgg11_cifar, kwargs: {width_mult: 0.25}}"
+    recipe = load_recipe("quickstart", [*TINY, f"retrain.distill={distill}"])
+    data = load_data(data_options(recipe.data), seed=recipe.seed)
+    student = build_model("vgg11_cifar", data.num_classes, data.in_chans, width_mult=0.125)
+    cpu = torch.device("cpu")
+    teacher, note = _teacher(recipe, data, student, cpu)
+    assert teacher is not None and teacher.teacher is not student
+    assert teacher.config.alpha == 0.5 and teacher.config.temperature == 4.0
+    size = (data.in_chans, data.image_size, data.image_size)
+    assert teacher.macs_per_sample == count_flops(teacher.teacher, size, training=False).macs
+    assert teacher.macs_per_sample > count_flops(student, size).macs
+    assert "missing.safetensors is not read" in note
+    assert _teacher(load_recipe("quickstart", TINY), data, student, cpu) == (None, "")
 
 
 def test_nonsense_sizes_are_user_errors() -> None:

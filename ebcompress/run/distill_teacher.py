@@ -1,0 +1,73 @@
+"""A run's ``retrain.distill`` teacher: the network (the searched dense one, or a weights
+file's), its forward cost, and what the results record of it.
+
+A teacher file is built before the search, so a file that does not fit stops the run before
+it trains anything; the dense teacher is the search's ``outcome.teacher_state``
+(:mod:`ebcompress.run.search_result` keeps it for a resume).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ebcompress.channels.groups import clone_module
+from ebcompress.cost.flops import count_flops
+from ebcompress.engine import distributed as dist
+from ebcompress.engine.distill import Distillation, DistillConfig
+from ebcompress.errors import UserError
+from ebcompress.methods.base import RunContext, SearchOutcome
+from ebcompress.models import build_model
+from ebcompress.recipe import Recipe
+from ebcompress.run.paths import RunPaths
+from ebcompress.run.results import DistillSummary
+
+
+def build_file_teacher(run: RunContext) -> nn.Module | None:
+    """A ``retrain.distill`` teacher file's network, its weights loaded (None: no file)."""
+    distill, recipe, data = run.recipe.retrain.distill, run.recipe, run.data
+    if distill is None or not distill.from_file:
+        return None
+    name = distill.model or recipe.model.name
+    kwargs = distill.kwargs if distill.model else recipe.model.kwargs
+    try:
+        return build_model(name, data.num_classes, data.in_chans, init=distill.teacher, **kwargs)
+    except UserError as exc:  # the loader names the field it was written for
+        raise UserError(str(exc).replace("model.init", "retrain.distill.teacher", 1)) from None
+
+
+def distillation(
+    run: RunContext, outcome: SearchOutcome, file_teacher: nn.Module | None
+) -> Distillation | None:
+    """``retrain.distill``'s teacher (None without one): ``file_teacher``, or the searched
+    dense network, with its forward cost (counted in eval mode, as it runs)."""
+    distill, data = run.recipe.retrain.distill, run.data
+    if distill is None:
+        return None
+    teacher = file_teacher
+    if teacher is None:
+        if outcome.teacher_state is None:
+            raise UserError(
+                f"{RunPaths(run.run_dir).search_result} holds no dense teacher for "
+                "retrain.distill (the search ran without it); rerun with --overwrite"
+            )
+        teacher = clone_module(dist.unwrap(run.model))
+        teacher.load_state_dict(outcome.teacher_state)
+    macs = count_flops(
+        teacher, (data.in_chans, data.image_size, data.image_size), training=False
+    ).macs
+    config = DistillConfig(alpha=distill.alpha, temperature=distill.temperature)
+    return Distillation(teacher, config, macs_per_sample=macs)
+
+
+def distill_summary(recipe: Recipe, teacher_macs: int | None) -> DistillSummary | None:
+    """What the results record of the teacher (None: no distillation)."""
+    distill = recipe.retrain.distill
+    if distill is None or teacher_macs is None:
+        return None
+    return DistillSummary(
+        teacher=distill.teacher,
+        sha256=distill.teacher_sha256,
+        teacher_macs=teacher_macs,
+        alpha=distill.alpha,
+        temperature=distill.temperature,
+    )
