@@ -91,6 +91,7 @@ def _health(
         emerged=results.ticket.emerged,
         skipped_images=results.data.skipped_images,
         divergence=divergences[-1] if divergences else None,
+        teacher_top1=None if results.retrain.distill is None else results.retrain.distill.top1,
     )
 
 

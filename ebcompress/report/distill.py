@@ -31,11 +31,12 @@ def training_sentence(results: RunResults, count: Callable[[float], str]) -> str
     if distill is None:
         return ""
     macs = count(distill.teacher_macs)
+    accuracy = "" if distill.top1 is None else f" The teacher's own test top-1: {distill.top1:.2%}."
     return (
         f" It distilled from {teacher_name(distill)} ({_settings(distill)}; Hinton et al. "
         "2015: (1 - alpha) x cross-entropy + alpha x T² x KL divergence of the softened "
         f"outputs); the teacher ran one forward pass per training sample ({macs} MACs), "
-        "charged to the phase."
+        f"charged to the phase.{accuracy}"
     )
 
 

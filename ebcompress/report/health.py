@@ -66,6 +66,7 @@ def assess_run(
     emerged: bool = True,
     skipped_images: int = 0,
     divergence: str | None = None,
+    teacher_top1: float | None = None,
 ) -> RunHealth:
     """The verdict on a finished run (module docstring); every input is in ``report.json``."""
     failures, warnings = [], []
@@ -97,6 +98,13 @@ def assess_run(
         warnings.append(f"{skipped_images} unreadable image(s) were skipped")
     if divergence:
         warnings.append(f"training diverged once and was resumed: {divergence}")
+    if teacher_top1 is not None and teacher_top1 < final_top1:
+        # an EB teacher is the dense net at an early ticket epoch, often far from trained
+        warnings.append(
+            f"the distillation teacher's top-1 {teacher_top1:.1%} is below the slim network's "
+            f"{final_top1:.1%}: retrain.distill pulled it towards a weaker model; give a "
+            "trained teacher file, lower retrain.distill.alpha, or drop it"
+        )
     status = "failed" if failures else "warning" if warnings else "ok"
     return RunHealth(
         status=status,

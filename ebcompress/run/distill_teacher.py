@@ -59,15 +59,18 @@ def distillation(
     return Distillation(teacher, config, macs_per_sample=macs)
 
 
-def distill_summary(recipe: Recipe, teacher_macs: int | None) -> DistillSummary | None:
-    """What the results record of the teacher (None: no distillation)."""
+def distill_summary(recipe: Recipe, teacher: tuple[int, float] | None) -> DistillSummary | None:
+    """What the results record of the teacher, from its (MACs, test top-1) (None: no
+    distillation)."""
     distill = recipe.retrain.distill
-    if distill is None or teacher_macs is None:
+    if distill is None or teacher is None:
         return None
+    teacher_macs, top1 = teacher
     return DistillSummary(
         teacher=distill.teacher,
         sha256=distill.teacher_sha256,
         teacher_macs=teacher_macs,
         alpha=distill.alpha,
         temperature=distill.temperature,
+        top1=top1,
     )

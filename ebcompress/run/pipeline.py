@@ -201,7 +201,7 @@ class _Retrained(NamedTuple):
     cost: FlopCount  # the slim network's forward cost
     history_epochs: int  # epochs this process trained
     final: dict[str, Any]  # the test metrics after retraining
-    teacher_macs: int | None  # the distillation teacher's forward MACs (None: none)
+    teacher: tuple[int, float] | None  # the distillation teacher's MACs and top-1 (None: none)
 
 
 def _retrain(
@@ -227,8 +227,11 @@ def _retrain(
         distill=distill,
     )
     history = trainer.fit(resume=run.resume)
-    teacher_macs = None if distill is None else distill.macs_per_sample
-    return _Retrained(slim_model, slim_cost, len(history), trainer.evaluate(), teacher_macs)
+    final = trainer.evaluate()
+    teacher = None
+    if distill is not None:  # the report compares the teacher with its student
+        teacher = (distill.macs_per_sample, trainer.loop.evaluate(distill.teacher)["top1"])
+    return _Retrained(slim_model, slim_cost, len(history), final, teacher)
 
 
 def _export(run: RunContext, model: nn.Module, ticket: Ticket) -> None:
@@ -374,7 +377,7 @@ def _results(
             start_epoch=plan.start_epoch,
             end_epoch=plan.end_epoch,
             history_epochs=retrained.history_epochs,
-            distill=distill_summary(run.recipe, retrained.teacher_macs),
+            distill=distill_summary(run.recipe, retrained.teacher),
         ),
         accuracy=Accuracy(
             test_top1=final["top1"], test_top5=final["top5"], test_loss=final["loss"]

@@ -65,13 +65,15 @@ class SearchSummary:
 class DistillSummary:
     """The retraining's distillation teacher: ``dense`` (the run's searched dense network) or
     the file (with its sha256), its forward MACs per sample (charged to the retrain phase's
-    FLOPs), and the loss's ``alpha`` and ``temperature``."""
+    FLOPs), the loss's ``alpha`` and ``temperature``, and the teacher's own test top-1
+    (``top1``; None in results written before it was recorded)."""
 
     teacher: str
     sha256: str | None
     teacher_macs: int
     alpha: float
     temperature: float
+    top1: float | None = None
 
 
 @dataclass(frozen=True)
@@ -318,6 +320,7 @@ def _distill(data: Mapping[str, Any]) -> DistillSummary:
         teacher_macs=int(data["teacher_macs"]),
         alpha=float(data["alpha"]),
         temperature=float(data["temperature"]),
+        top1=_optional_float(data.get("top1")),
     )
 
 

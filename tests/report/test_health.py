@@ -47,3 +47,11 @@ def test_capped_groups_and_other_events_warn_and_are_carried() -> None:
     assert out["capped_groups"] == {"b": "max_group_ratio"}
     assert out["zero_init_bns"] == ["bn2"] and out["skipped_images"] == 3
     assert out["dense_top1_at_ticket"] is None
+
+
+def test_a_teacher_less_accurate_than_its_student_is_a_warning() -> None:
+    ticket = Ticket(kept={"g": (0, 1)}, widths={"g": 4}, ratio=0.5, epoch=3)
+    weak = assess_run(final_top1=0.9, ticket=ticket, teacher_top1=0.7)
+    assert weak.status == "warning"
+    assert "teacher's top-1 70.0% is below the slim network's 90.0%" in weak.flags[0]
+    assert assess_run(final_top1=0.9, ticket=ticket, teacher_top1=0.95).status == "ok"

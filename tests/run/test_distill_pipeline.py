@@ -100,10 +100,18 @@ def test_eb_distils_from_the_ticket_epochs_net_charges_it_and_resumes_mid_retrai
     dense_macs = count_flops(distill.teacher, SIZE, training=False).macs
     assert dense_macs < report["model"]["dense"]["macs"]
     summary = report["retrain"]["distill"]
+    teacher_top1 = summary.pop("top1")
     assert summary == {
         "teacher": "dense", "sha256": None, "teacher_macs": dense_macs, "alpha": 0.7,
         "temperature": 4.0,
     }  # fmt: skip
+    # the teacher's own accuracy is the search's last test top-1 (the same weights)
+    search_lines = [
+        json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()
+    ]
+    last_search = [e for e in search_lines if e.get("phase") == "search"][-1]
+    assert teacher_top1 == pytest.approx(last_search["test_top1"])
+    summary["top1"] = teacher_top1
     assert _results(reference)["retrain"]["distill"] == summary
     phases = {p["phase"]: p for p in report["cost"]["phases"]}
     search, retrain = phases["search"], phases["retrain"]
