@@ -79,3 +79,12 @@ def test_snip_distils_from_a_file() -> None:
 def test_the_methods_that_train_a_dense_network_distil_from_it(method) -> None:
     recipe = load_recipe("quickstart", [f"prune.method={method}", "retrain.distill={}"])
     assert recipe.retrain.distill.teacher == "dense"
+
+
+def test_an_unknown_key_in_the_optional_distill_section_lists_its_fields() -> None:
+    with pytest.raises(
+        UserError,
+        match=r"unknown key 'retrain\.distill\.alpah'; allowed here: "
+        r"teacher, model, kwargs, teacher_sha256, alpha, temperature",
+    ):
+        load_recipe("quickstart", ["retrain.distill.alpah=0.3"])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -176,13 +177,15 @@ def validate_recipe(data: dict[str, Any], where: str = "recipe") -> Recipe:
 
 
 def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section class at ``loc``, also through an optional one (``EmaSection | None``)."""
     model: type[BaseModel] = Recipe
     for part in loc:
         field = model.model_fields.get(str(part))
-        ann = field.annotation if field else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        options = typing.get_args(field.annotation) or (field.annotation,) if field else ()
+        sections = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(sections) != 1:
             return None
-        model = ann
+        model = sections[0]
     return model
 
 
