@@ -235,6 +235,8 @@ class ThiNet:
         model = unwrap(run.model)
         graph = channel_graph(run)
         trainer = train_dense(run)
+        # the trained dense net, before the reconstruction below rescales it in place
+        teacher = clone_state(model) if recipe.retrain.dense_teacher else None
         layers = group_layers(model, run.example_inputs)
         magnitudes = {name: w.detach().abs() for name, w in prunable_weights(model).items()}
         # The uniform L1 ticket fixes each group's kept count and is the fallback's choice.
@@ -277,7 +279,9 @@ class ThiNet:
         }
         # the consumers' rescaled weights: the slim network is cut from these
         start = clone_state(model)
-        return SearchOutcome(ticket, trainer.last_epoch, extra=extra, start_state=start)
+        return SearchOutcome(
+            ticket, trainer.last_epoch, extra=extra, start_state=start, teacher_state=teacher
+        )
 
     def retrain_plan(self, run: RunContext, outcome: SearchOutcome) -> RetrainPlan:
         return finetune_plan(run.recipe, outcome.start_state)

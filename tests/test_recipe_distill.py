@@ -52,7 +52,11 @@ def test_a_file_teacher_takes_its_architecture_and_checksum() -> None:
         (["retrain.distill.model=vgg11_cifar"], "model describes a teacher file"),
         (["retrain.distill.kwargs={width_mult: 0.5}"], "kwargs describes a teacher file"),
         ([f"retrain.distill.teacher_sha256={'a' * 64}"], "teacher_sha256 describes a teacher"),
-        ([FILE, "retrain.distill.kwargs={num_classes: 3}"], r"kwargs \['num_classes'\] are set"),
+        (
+            [FILE, "retrain.distill.model=vgg11_cifar", "retrain.distill.kwargs={num_classes: 3}"],
+            r"kwargs \['num_classes'\] are set",
+        ),
+        ([FILE, "retrain.distill.kwargs={width_mult: 0.5}"], "set model too"),
         ([FILE, "retrain.distill.teacher_sha256=abc"], "retrain.distill.teacher_sha256"),
         (["retrain.distill.teacher="], "retrain.distill"),
         (["retrain.distill.alpha=1.5"], "retrain.distill.alpha"),

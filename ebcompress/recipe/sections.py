@@ -156,6 +156,11 @@ class DistillSection(_Section):
                     f"{name} describes a teacher file; teacher 'dense' is the run's own "
                     "dense network (give teacher: PATH, or drop it)"
                 )
+        if self.from_file and self.kwargs and self.model is None:
+            raise ValueError(
+                "kwargs are the teacher file's architecture arguments; set model too "
+                "(without it the teacher is the recipe's model with model.kwargs)"
+            )
         if taken := sorted({"num_classes", "in_chans", "init"} & set(self.kwargs)):
             raise ValueError(f"kwargs {taken} are set from the data set and teacher; remove them")
         return self
@@ -179,6 +184,11 @@ class RetrainConfig(_Section):
     lr: float | None = Field(None, gt=0)
     precision: Precision = "fp32"
     distill: DistillSection | None = None
+
+    @property
+    def dense_teacher(self) -> bool:
+        """Whether the retraining distils from the run's own dense network."""
+        return self.distill is not None and not self.distill.from_file
 
 
 class ExportConfig(_Section):

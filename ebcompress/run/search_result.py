@@ -31,7 +31,6 @@ from ebcompress.engine import distributed as dist
 from ebcompress.engine.progress import log
 from ebcompress.errors import UserError
 from ebcompress.methods.base import Method, RetrainPlan, RunContext, SearchOutcome
-from ebcompress.recipe import Recipe
 from ebcompress.run.paths import RunPaths
 
 FORMAT = 1
@@ -53,7 +52,9 @@ def search_or_resume(method: Method, run: RunContext) -> tuple[SearchOutcome, Re
         )
         return outcome, plan
     outcome = method.search(run)
-    if dense_teacher(run.recipe):  # a copy: retraining may load another start into run.model
+    if run.recipe.retrain.dense_teacher and outcome.teacher_state is None:
+        # a copy: retraining may load another start into run.model. A method that changed
+        # the dense weights in its search (ThiNet's rescaling) kept them itself.
         searched = dist.unwrap(run.model).state_dict()
         outcome.teacher_state = {k: v.detach().clone() for k, v in searched.items()}
     if run.shared_search_dir is not None:  # the compare's real cost counts this search once
@@ -67,11 +68,6 @@ def search_or_resume(method: Method, run: RunContext) -> tuple[SearchOutcome, Re
             start = plan.start_state or dist.unwrap(run.model).state_dict()
         save_search_result(paths.root, outcome, plan, start, run.ledger)
     return outcome, plan
-
-
-def dense_teacher(recipe: Recipe) -> bool:
-    """Whether the retraining distils from the run's own dense network."""
-    return recipe.retrain.distill is not None and not recipe.retrain.distill.from_file
 
 
 def check_ticket_agrees_across_ranks(ticket: Ticket, device: torch.device) -> None:

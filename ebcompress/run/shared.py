@@ -51,7 +51,7 @@ from ebcompress.recipe import Recipe
 from ebcompress.run.drift import HARMLESS, check_resume, recipe_changes
 from ebcompress.run.paths import ComparePaths, RunPaths, run_dir_name
 from ebcompress.run.pipeline import seed_phase, start_run, training_device
-from ebcompress.run.search_result import dense_teacher, load_search_result, save_search_result
+from ebcompress.run.search_result import load_search_result, save_search_result
 from ebcompress.run.state import RunState, existing_state, prepare_run_dir, write_state
 
 #: Fields the ratios of one compare differ in, which a shared phase does not depend on.
@@ -175,7 +175,7 @@ def _serve(folder: Path, ratio: float, variant: Recipe, run_dir: Path) -> None:
         return
     outcome, _, ledger = saved
     weights, outcome.start_state = outcome.start_state, None  # EB retrains the searched model
-    if dense_teacher(variant):
+    if variant.retrain.dense_teacher:
         outcome.teacher_state = weights
     plan = retrain_plan_for(variant, outcome)
     prepare_run_dir(run_dir, resume=True, overwrite=False)

@@ -297,3 +297,33 @@ def test_a_teacher_file_of_another_architecture_is_one_line_naming_the_field(
     with pytest.raises(UserError, match=r"^retrain\.distill\.teacher .* does not fit") as info:
         run_pipeline(recipe, tmp_path / "run", progress=False)
     assert "\n" not in str(info.value)
+
+
+def test_a_teacher_file_without_a_head_for_these_classes_is_refused_before_the_search(
+    tmp_path, monkeypatch
+) -> None:
+    torch.manual_seed(5)
+    path = tmp_path / "cifar100.safetensors"  # trained for 100 classes, not the digits' 10
+    save_file(build_model("vgg11_cifar", 100, 1, width_mult=0.25).state_dict(), path)
+    recipe = load_recipe("quickstart", [*DISTILL, f"retrain.distill.teacher={path}"])
+
+    def no_search(self, run):
+        raise AssertionError("the search ran before the teacher was checked")
+
+    monkeypatch.setattr(EarlyBirdTrain, "search", no_search)
+    with pytest.raises(UserError, match=r"has no classifier for 10 classes") as info:
+        run_pipeline(recipe, tmp_path / "run", progress=False)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_thinets_dense_teacher_is_the_trained_net_not_its_rescaled_one(
+    tmp_path, monkeypatch
+) -> None:
+    teachers = _spy_teachers(monkeypatch)
+    recipe = load_recipe("quickstart", [*DISTILL, "prune.method=thinet", "prune.ratio=0.5"])
+    run_pipeline(recipe, tmp_path / "run", progress=False)
+    searched = load_checkpoint(tmp_path / "run" / "checkpoints" / "search" / "last.pt")
+    _assert_same(teachers[0].teacher.state_dict(), searched["model"])
+    start = load_file(str(tmp_path / "run" / "search_result" / "tensors.safetensors"))
+    assert any(k.startswith("teacher.") for k in start)  # not the rescaled start: kept apart
