@@ -170,12 +170,13 @@ class Trainer:
             self.loop.stop_meter()  # an epoch that raised
             self.prepared.restore_batchnorms()
 
-    def evaluate(self) -> dict[str, float]:
-        """Exact test metrics: ``{"loss", "top1", "top5", "samples"}`` (sums over all ranks / n).
+    def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
+        """Exact test metrics of ``model`` (default: the trained one, e.g. a distillation
+        teacher otherwise): ``{"loss", "top1", "top5", "samples"}`` (sums over all ranks / n).
 
         top-5 is top-min(5, num_classes).
         """
-        return self.loop.evaluate()
+        return self.loop.evaluate(model)
 
     def _fit(self, resume: bool) -> list[EpochStats]:
         config = self.config

@@ -230,7 +230,7 @@ def _retrain(
     final = trainer.evaluate()
     teacher = None
     if distill is not None:  # the report compares the teacher with its student
-        teacher = (distill.macs_per_sample, trainer.loop.evaluate(distill.teacher)["top1"])
+        teacher = (distill.macs_per_sample, trainer.evaluate(distill.teacher)["top1"])
     return _Retrained(slim_model, slim_cost, len(history), final, teacher)
 
 
