@@ -14,6 +14,7 @@ from _seed_stats import mean_sd, paired_difference
 from _shared import machine_line
 from matplotlib.ticker import MaxNLocator
 
+from ebcompress.report.health import NEAR_CHANCE_MARGIN
 from ebcompress.report.plots import new_figure, save_figure
 
 # "the detected tickets are within 0.3 points of the final ones at every ratio": met when the
@@ -34,6 +35,18 @@ def _top1_by_seed(result: dict[str, Any], ratio: float, epoch_of: Any) -> dict[s
             if p["ratio"] == ratio and p["draw_epoch"] == epoch:
                 out[seed] = 100 * p["test_top1"]
     return out
+
+
+def _near_chance(result: dict[str, Any], top1: dict[str, float]) -> list[str]:
+    """The seeds whose retrained ticket is broken: its top-1 (%) is near chance, by the rule
+    of the run health check (:func:`ebcompress.report.health.assess_run`). A run recorded
+    before the benchmark kept its chance level is not judged."""
+    broken = []
+    for seed, value in top1.items():
+        chance = result["runs"][seed].get("chance_top1")
+        if chance is not None and value / 100 < chance + NEAR_CHANCE_MARGIN * (1 - chance):
+            broken.append(seed)
+    return broken
 
 
 def _stats(values: dict[str, float]) -> dict[str, Any]:
@@ -63,17 +76,28 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         detected = _top1_by_seed(result, ratio, lambda s, r, k=key: r["emerged_epochs"][k])
         finals = _top1_by_seed(result, ratio, lambda s, r: final)
         diff = paired_difference(detected, finals)
-        met = diff["mean"] is not None and diff["mean"] >= -TARGET_POINTS
+        broken_detected = _near_chance(result, detected)
+        broken_final = _near_chance(result, finals)
+        met = diff["mean"] is not None and diff["mean"] >= -TARGET_POINTS and not broken_detected
         if diff["n"] == 0:
             why = (
                 "emergence was not detected within the schedule at any seed"
                 if emerged and all(e is None for e in emerged.values())
                 else "no seed has both its detected and its final ticket retrained yet"
             )
+        elif broken_detected:
+            why = f"the detected ticket retrains to chance at seed(s) {', '.join(broken_detected)}"
         elif not met:
             why = f"the detected tickets retrain {-diff['mean']:.2f} points below the final ones"
         else:
             why = None
+        # met against a broken final ticket says little about emergence; it is kept visible
+        caveat = (
+            f"the final-epoch ticket retrains to chance at seed(s) {', '.join(broken_final)}: "
+            "late in training this ratio's mask breaks the network, the early one does not"
+            if broken_final
+            else None
+        )
         ratios[key] = {
             "by_draw_epoch": {
                 str(e): _stats(_top1_by_seed(result, ratio, lambda s, r, e=e: e)) for e in draws
@@ -84,6 +108,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "detected_minus_final_points": diff,
             "met": met,
             "why": why,
+            "caveat": caveat,
         }
     requested = [str(s) for s in result["seeds"]]
     finished = [s for s in requested if result["runs"].get(s, {}).get("finished")]
@@ -180,6 +205,8 @@ def _target_lines(summary: dict[str, Any]) -> list[str]:
         mean = "-" if diff["mean"] is None else f"{diff['mean']:+.2f} (n={diff['n']})"
         ci = "-" if diff["ci"] is None else f"[{diff['ci'][0]:+.2f}, {diff['ci'][1]:+.2f}]"
         verdict = "met" if r["met"] else f"missed: {r['why']}"
+        if r.get("caveat"):
+            verdict += f" ({r['caveat']})"
         lines.append(
             f"| {key} | {epochs or '-'} | {_cell(r['detected'])} | "
             f"{_cell(r['final'])} | {mean} | {ci} | {verdict} |"
@@ -202,7 +229,8 @@ def markdown(result: dict[str, Any], png: str) -> str:
         "",
         machine_line(result["machine"]),
         f"Budget `{result['budget']}`, seeds {', '.join(summary['seeds_requested'])}, "
-        f"{result['wall_seconds'] / 60:.1f} min of wall time in {len(sessions)} session(s)"
+        f"{result['wall_seconds'] / 60:.1f} min of wall time summed over "
+        f"{len(sessions)} session(s)"
         + (f", commit {commit[:12]}" if commit else "")
         + ". Each record in the JSON carries its own machine and date.",
         "",

@@ -8,6 +8,7 @@ pickle: safetensors and JSON only) or says which one is missing or changed.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from pathlib import Path
@@ -118,3 +119,30 @@ def open_results(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, A
             "another --stem, or pass --fresh to start over"
         )
     return old
+
+
+def merge_and_write(path: Path, result: dict[str, Any], record: dict[str, Any]) -> None:
+    """Write this session's seeds into the results file without losing another session's.
+
+    Sessions may run side by side, one seed each (``--seeds 1`` and ``--seeds 2`` on two
+    cores). Under an exclusive lock, the file on disk is read again; ``result`` takes the
+    runs of every seed ``record`` does not own and the other sessions' records from it, in
+    place (callers hold references into it), and is written back atomically. The wall time
+    is the sum over sessions: the compute spent, not the span of overlapping sessions.
+    """
+    owned = {str(s) for s in record["seeds"]}
+    with open(path.with_suffix(".lock"), "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if path.is_file():
+            disk = json.loads(path.read_text(encoding="utf-8"))
+            for seed, run in disk.get("runs", {}).items():
+                if seed not in owned:
+                    result["runs"][seed] = run
+            result["seeds"] = [
+                *disk.get("seeds", []),
+                *(s for s in result["seeds"] if s not in disk.get("seeds", [])),
+            ]
+            others = [s for s in disk.get("sessions", []) if s.get("id") != record["id"]]
+            result["sessions"][:] = [*others, record]
+        result["wall_seconds"] = sum(s.get("wall_seconds", 0.0) for s in result["sessions"])
+        write_text_atomic(path, json.dumps(result, indent=1) + "\n")

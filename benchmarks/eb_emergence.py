@@ -28,9 +28,9 @@ missing; a different config is refused (``--fresh`` starts over).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,13 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _emergence_report import markdown, plot, summarize  # noqa: E402
-from _emergence_store import FORMAT, load_snapshots, open_results, save_snapshots  # noqa: E402
+from _emergence_store import (  # noqa: E402
+    FORMAT,
+    load_snapshots,
+    merge_and_write,
+    open_results,
+    save_snapshots,
+)
 from _seed_stats import provenance  # noqa: E402
 from _shared import RESULTS, SHORT_OVERRIDES  # noqa: E402
 from eb_vs_baselines import budget_stem  # noqa: E402
@@ -52,7 +58,7 @@ from ebcompress.data import DataSplit, load_data  # noqa: E402
 from ebcompress.earlybird.detector import EarlyBird  # noqa: E402
 from ebcompress.engine.stats import EpochStats  # noqa: E402
 from ebcompress.errors import UserError  # noqa: E402
-from ebcompress.methods.base import RetrainPlan  # noqa: E402
+from ebcompress.methods.base import RetrainPlan, chance_top1  # noqa: E402
 from ebcompress.methods.data import data_options  # noqa: E402
 from ebcompress.methods.eb_train import early_bird_for  # noqa: E402
 from ebcompress.methods.training import build_trainer, retrain_schedule  # noqa: E402
@@ -101,6 +107,18 @@ class DrawRecorder:
 def draw_epochs_for(epochs: int, requested: list[int]) -> list[int]:
     """The requested draw epochs inside the schedule, plus its final epoch."""
     return sorted({e for e in requested if 0 < e < epochs} | {epochs})
+
+
+def retrain_order(
+    ratios: list[float], draws: list[int], emerged: dict[str, int | None]
+) -> list[tuple[float, int]]:
+    """Every (ratio, draw epoch) to retrain, those the target compares first: each ratio's
+    detected ticket and its final one, then the rest of the curve. A session stopped halfway
+    through a seed then leaves the verdict, not just the early draws, behind it."""
+    final = max(draws)
+    points = [(r, e) for r in ratios for e in sorted(set(draws) | ({emerged[f"{r:g}"]} - {None}))]
+    judged = [(r, e) for r, e in points if e in (final, emerged[f"{r:g}"])]
+    return judged + [p for p in points if p not in judged]
 
 
 def emergence_by_epsilon(
@@ -191,13 +209,13 @@ class Session:
 
     def __init__(self, path: Path, result: dict[str, Any], record: dict[str, Any]) -> None:
         self.path, self.result, self.record = path, result, record
-        self.start, self.before = time.perf_counter(), result["wall_seconds"]
+        self.start = time.perf_counter()
+        record["id"] = uuid.uuid4().hex
         result["sessions"].append(record)
 
     def write(self) -> None:
         self.record["wall_seconds"] = time.perf_counter() - self.start
-        self.result["wall_seconds"] = self.before + self.record["wall_seconds"]
-        write_text_atomic(self.path, json.dumps(self.result, indent=1) + "\n")
+        merge_and_write(self.path, self.result, self.record)
 
     def render(self) -> str:
         """Summary into the JSON, then the figure and the markdown beside it."""
@@ -261,12 +279,12 @@ def run_seed(session: Session, args: argparse.Namespace, overrides: list[str], s
             f"{run['emerged_epochs']}",
             flush=True,
         )
+    if "chance_top1" not in run:  # recorded from this session on; the summary judges by it
+        run["chance_top1"] = chance_top1(data())
+        session.write()
     done = {(p["ratio"], p["draw_epoch"]) for p in run["points"]}
-    for ratio in ratios:
-        emerged = run["emerged_epochs"][f"{ratio:g}"]
-        for epoch in sorted(set(draws) | ({emerged} - {None})):
-            if (ratio, epoch) in done:
-                continue
+    for ratio, epoch in retrain_order(ratios, draws, run["emerged_epochs"]):
+        if (ratio, epoch) not in done:
             if states is None:
                 states, tickets = load_snapshots(folder, run["snapshots"])
             machine = provenance(args.device)
@@ -281,7 +299,7 @@ def run_seed(session: Session, args: argparse.Namespace, overrides: list[str], s
                 {
                     "ratio": ratio,
                     "draw_epoch": epoch,
-                    "emerged_here": epoch == emerged,
+                    "emerged_here": epoch == run["emerged_epochs"][f"{ratio:g}"],
                     "dense_top1_at_draw": run["dense"]["test_top1_per_epoch"][epoch - 1],
                     "total_flops": flops,
                     **point,
