@@ -199,7 +199,7 @@ def start_run(
 class _Retrained(NamedTuple):
     model: nn.Module
     cost: FlopCount  # the slim network's forward cost
-    history_epochs: int  # epochs this process trained
+    history_epochs: int  # epochs in the phase's history, the restored ones included
     final: dict[str, Any]  # the test metrics after retraining
     teacher: tuple[int, float] | None  # the distillation teacher's MACs and top-1 (None: none)
 

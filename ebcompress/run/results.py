@@ -85,7 +85,7 @@ class RetrainSummary:
     schedule: str
     start_epoch: int
     end_epoch: int
-    history_epochs: int  # epochs this process trained (fewer after a resume mid-retrain)
+    history_epochs: int  # epochs in the retraining's history (a resume restores the earlier ones)
     distill: DistillSummary | None = None
 
     @property
