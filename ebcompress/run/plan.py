@@ -24,6 +24,7 @@ same process (``ebcompress prune --plan``) trains exactly as one without it.
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import tempfile
 import time
@@ -144,7 +145,7 @@ def _forecast(
     )
     search = dense.rate(full, dense_cost.macs)
     without_masks = replace(search, other_seconds=max(0.0, search.other_seconds - dense.masks))
-    penalty = dense.penalty_per_step * _steps(full.train, batch)
+    penalty = dense.penalty_per_step * math.ceil(full.train / batch)
     plain = replace(
         without_masks,
         train_seconds=max(0.0, search.train_seconds - penalty),
@@ -172,7 +173,7 @@ def _forecast(
         method=recipe.prune.method,
         device=str(dev),
         machine=machine_info(dev.type),
-        timed_steps=min(steps, _steps(len(subset.train), batch)) * TIMED_EPOCHS,
+        timed_steps=min(steps, math.ceil(len(subset.train) / batch)) * TIMED_EPOCHS,
         rates={
             "dense": {"train": plain},
             "eb": {"search": search, "retrain": retrain},
@@ -320,7 +321,7 @@ def _time_network(
             trainer.evaluate()
             evaluations.append(time.perf_counter() - begin)
     batch = recipe.train.batch_size
-    timed_steps = _steps(history[0].samples, batch) * TIMED_EPOCHS
+    timed_steps = math.ceil(history[0].samples / batch) * TIMED_EPOCHS
     return _Timed(
         subset=_Sizes(history[0].samples, len(data.test), batch),
         train=[stats.seconds for stats in history],
@@ -333,10 +334,6 @@ def _time_network(
         penalty_per_step=sum(clock.penalty[1:]) / max(timed_steps, 1),
         joules=clock.joules,
     )
-
-
-def _steps(samples: int, batch: int) -> int:
-    return -(-samples // batch)
 
 
 def _scaled(joules: float | None, seconds: float, to_seconds: float) -> float | None:
