@@ -19,6 +19,7 @@ from data_fakes import write_fake_fashion_mnist
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import _emergence_report  # noqa: E402
 import eb_emergence  # noqa: E402
 import eb_vs_baselines  # noqa: E402
 import run_all  # noqa: E402
@@ -127,7 +128,9 @@ def test_eb_emergence_retrains_each_draw_and_marks_emergence(
     assert summary["by_draw_epoch"]["1"]["n"] == 2 and summary["detected"]["n"] == 2
     diff = summary["detected_minus_final_points"]
     assert diff["n"] == 2 and diff["ci"] is not None
-    assert summary["met"] == (diff["mean"] >= -0.3)
+    # a toy ticket may retrain to chance, which no agreement makes a success
+    broken = _emergence_report._near_chance(result, summary["detected"]["by_seed"])
+    assert summary["met"] == (diff["mean"] >= -0.3 and not broken)
     for suffix in ("json", "md", "png"):
         assert (tmp_path / f"e.{suffix}").stat().st_size > 0
     text = (tmp_path / "e.md").read_text()
