@@ -1,4 +1,4 @@
-"""Helpers the export benchmarks share: stand-in BN statistics and result files."""
+"""Helpers the benchmarks share: stand-in BN statistics, result files, machine lines."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from ebcompress.atomic import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # BUDGET=short for the Fashion-MNIST benchmarks: minutes instead of half an hour
@@ -46,12 +48,17 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
-def write_results(stem: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``results/<stem>.json`` and ``results/<stem>.md``; return both paths."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = RESULTS / f"{stem}.json", RESULTS / f"{stem}.md"
-    json_path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    md_path.write_text(markdown, encoding="utf-8")
+def write_results(
+    stem: str, data: dict[str, Any], markdown: str, folder: Path | None = None
+) -> tuple[Path, Path]:
+    """Write ``<folder>/<stem>.json`` and ``<folder>/<stem>.md``, each atomically (a
+    benchmark killed while writing leaves the previous results whole); return both paths.
+    ``folder`` defaults to :data:`RESULTS`, read at the call (tests point it elsewhere)."""
+    folder = RESULTS if folder is None else folder
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
+    write_text_atomic(json_path, json.dumps(data, indent=1) + "\n")
+    write_text_atomic(md_path, markdown)
     return json_path, md_path
 
 

@@ -28,9 +28,8 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _seed_stats import provenance  # noqa: E402
-from _shared import RESULTS, machine_line  # noqa: E402
+from _shared import RESULTS, machine_line, write_results  # noqa: E402
 
-from ebcompress.atomic import write_text_atomic  # noqa: E402
 from ebcompress.methods.catalog import METHODS  # noqa: E402
 from ebcompress.recipe import load_recipe  # noqa: E402
 from ebcompress.run.compare import run_compare  # noqa: E402
@@ -171,9 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cost": measured["shared"]["cost"],
         "rows": rows,
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.results / f"{stem}.json", json.dumps(result, indent=1) + "\n")
-    write_text_atomic(args.results / f"{stem}.md", markdown(result))
+    write_results(stem, result, markdown(result), args.results)
     print(markdown(result))
     return result
 

@@ -15,7 +15,6 @@ charged. Resumable: compare keeps finished runs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _seed_stats import mean_sd, paired_difference, provenance  # noqa: E402
-from _shared import RESULTS  # noqa: E402
+from _shared import RESULTS, write_results  # noqa: E402
 
-from ebcompress.atomic import write_text_atomic  # noqa: E402
 from ebcompress.recipe import load_recipe  # noqa: E402
 from ebcompress.run.compare import run_compare  # noqa: E402
 from ebcompress.run.state import read_state  # noqa: E402
@@ -181,9 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "summary": summarise(rows, methods),
         }
         # after every seed: an interrupted run keeps what it measured (and resumes from runs/)
-        args.results.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.results / f"{stem}.json", json.dumps(result, indent=1) + "\n")
-        write_text_atomic(args.results / f"{stem}.md", markdown(result))
+        write_results(stem, result, markdown(result), args.results)
     print(markdown(result))
     return result
 

@@ -41,9 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _headline_report import collect, done, markdown, plot  # noqa: E402
 from _seed_stats import provenance  # noqa: E402
-from _shared import RESULTS  # noqa: E402
+from _shared import RESULTS, write_results  # noqa: E402
 
-from ebcompress.atomic import write_text_atomic  # noqa: E402
 from ebcompress.engine.metrics_file import append_entry, read_entries  # noqa: E402
 from ebcompress.errors import UserError  # noqa: E402
 from ebcompress.recipe import Recipe, load_recipe  # noqa: E402
@@ -140,8 +139,7 @@ def write_page(args: Any, runs: Path, stem: str) -> dict[str, Any]:
     )
     args.results.mkdir(parents=True, exist_ok=True)
     png = plot(result, args.results / f"{stem}.png")
-    write_text_atomic(args.results / f"{stem}.json", json.dumps(result, indent=1) + "\n")
-    write_text_atomic(args.results / f"{stem}.md", markdown(result, png.name if png else None))
+    write_results(stem, result, markdown(result, png.name if png else None), args.results)
     return result
 
 
