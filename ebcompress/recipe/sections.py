@@ -122,6 +122,10 @@ class DataConfig(_Section):
         return self
 
 
+#: ``retrain.distill.teacher`` naming the network the ticket was drawn from, not a file
+DENSE_TEACHER = "dense"
+
+
 class DistillSection(_Section):
     """``retrain.distill``: the slim network learns from a frozen teacher's softened outputs
     as well as the labels (Hinton et al., 2015; :mod:`ebcompress.engine.distill`).
@@ -131,11 +135,12 @@ class DistillSection(_Section):
     with ``prune.dense_epochs: 0``, ``model.init``'s), or a local weights file (safetensors
     or a weights-only PyTorch checkpoint) of ``model`` (default: the recipe's own
     architecture, ``kwargs`` its arguments). ``teacher_sha256`` is that file's checksum, as
-    ``model.init_sha256``: a run fills it in, a resume refuses a changed file. ``alpha`` is
+    ``model.init_sha256``: a run fills it in, a resume refuses a changed file (a moved one is
+    accepted). ``alpha`` is
     the teacher term's share of the loss, ``temperature`` the softmax temperature T.
     """
 
-    teacher: str = Field("dense", min_length=1)
+    teacher: str = Field(DENSE_TEACHER, min_length=1)
     model: str | None = Field(None, min_length=1)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     teacher_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
@@ -144,7 +149,7 @@ class DistillSection(_Section):
 
     @property
     def from_file(self) -> bool:
-        return self.teacher != "dense"
+        return self.teacher != DENSE_TEACHER
 
     @model_validator(mode="after")
     def _file_fields_need_a_file(self) -> DistillSection:

@@ -6,7 +6,8 @@ are allowed; so are the learning rates, because lowering them is the documented 
 continue a diverged run (:class:`ebcompress.engine.divergence.DivergenceError`). Every other change
 would mix two experiments in one directory and is refused, naming each field and its two
 values, unless ``--force-resume`` is given. The starting weights are compared by checksum
-(``model.init_sha256``, which the pipeline fills in): the file may move, not change. Whatever
+(``model.init_sha256``, which the pipeline fills in), and so is a distillation teacher file
+(``retrain.distill.teacher_sha256``): a file may move, not change. Whatever
 is accepted is appended to ``recipe_history.jsonl`` before ``recipe.yaml`` is replaced, so it
 is never overwritten silently.
 """
@@ -23,6 +24,7 @@ import yaml
 
 from ebcompress.errors import UserError
 from ebcompress.recipe import Recipe
+from ebcompress.recipe.sections import DENSE_TEACHER
 from ebcompress.run.paths import RunPaths
 
 #: Fields a resume may change: they do not alter what the run computes, or they are the
@@ -90,10 +92,14 @@ def _with_missing_fields(
 
 
 def harmless(change: Change) -> bool:
-    """Whether a resume may make ``change``: a :data:`HARMLESS` field, or ``model.init``
-    moved (both set; ``model.init_sha256`` says whether the content changed)."""
+    """Whether a resume may make ``change``: a :data:`HARMLESS` field, or a weights file that
+    moved: ``model.init`` (both set) or a teacher file (both paths, neither ``dense``); their
+    checksums, ``model.init_sha256`` and ``retrain.distill.teacher_sha256``, say whether
+    the content changed."""
     if change.field == "model.init":
         return change.stored is not None and change.given is not None
+    if change.field == "retrain.distill.teacher":
+        return DENSE_TEACHER not in (change.stored, change.given)
     return change.field in HARMLESS
 
 

@@ -274,6 +274,14 @@ def test_a_resume_refuses_a_changed_teacher_file_and_a_teacher_added_to_an_older
     written = with_init_checksum(_file_recipe(own))  # what run_pipeline writes to recipe.yaml
     RunPaths(run_dir).recipe.write_text(written.to_yaml())
     assert check_resume(run_dir, with_init_checksum(_file_recipe(own))) == []
+    moved = tmp_path / "elsewhere" / "teacher.safetensors"
+    moved.parent.mkdir()
+    shutil.copy(own, moved)  # the same file in another place: accepted, and recorded
+    (change,) = check_resume(run_dir, with_init_checksum(_file_recipe(moved)))
+    assert (change.field, change.given) == ("retrain.distill.teacher", str(moved))
+    RunPaths(run_dir).recipe.write_text(written.to_yaml())
+    with pytest.raises(UserError, match=r"retrain\.distill\.teacher: .* -> 'dense'"):
+        check_resume(run_dir, load_recipe("quickstart", DISTILL))  # a file is not "dense"
     save_file({"x": torch.zeros(1)}, own)  # the file's content changes
     with pytest.raises(UserError, match=r"retrain\.distill\.teacher_sha256: ") as info:
         check_resume(run_dir, with_init_checksum(_file_recipe(own)))
