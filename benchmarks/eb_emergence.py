@@ -18,7 +18,9 @@ and the target "the detected tickets are within 0.3 points of the final ones at 
 judged on the paired (by seed) difference with its 95 % interval. Resumable: each seed's dense
 search (its snapshots go to ``--runs``, checksummed in the JSON) and each retrained ticket is
 written atomically as it finishes, and a rerun with the same arguments does only what is
-missing; a different config is refused (``--fresh`` starts over).
+missing, each ratio's detected and final tickets first; a different config is refused
+(``--fresh`` starts over). Seeds may run side by side, one process each (``--seeds 1`` and
+``--seeds 2`` on two cores): each write merges into the results file under a lock.
 
     python benchmarks/eb_emergence.py                        # full: seeds 0,1,2
     python benchmarks/eb_emergence.py --budget short         # minutes, seed 0
