@@ -121,7 +121,7 @@ def open_results(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, A
     return old
 
 
-def merge_and_write(path: Path, result: dict[str, Any], record: dict[str, Any]) -> None:
+def merge_and_write(path: Path, result: dict[str, Any], record: dict[str, Any] | None) -> None:
     """Write this session's seeds into the results file without losing another session's.
 
     Sessions may run side by side, one seed each (``--seeds 1`` and ``--seeds 2`` on two
@@ -129,8 +129,9 @@ def merge_and_write(path: Path, result: dict[str, Any], record: dict[str, Any]) 
     runs of every seed ``record`` does not own and the other sessions' records from it, in
     place (callers hold references into it), and is written back atomically. The wall time
     is the sum over sessions: the compute spent, not the span of overlapping sessions.
+    ``record`` None (a redraw of the page) owns no seed and adds no session.
     """
-    owned = {str(s) for s in record["seeds"]}
+    owned = {str(s) for s in record["seeds"]} if record else set()
     with open(path.with_suffix(".lock"), "a", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if path.is_file():
@@ -142,7 +143,9 @@ def merge_and_write(path: Path, result: dict[str, Any], record: dict[str, Any]) 
                 *disk.get("seeds", []),
                 *(s for s in result["seeds"] if s not in disk.get("seeds", [])),
             ]
-            others = [s for s in disk.get("sessions", []) if s.get("id") != record["id"]]
-            result["sessions"][:] = [*others, record]
+            others = [
+                s for s in disk.get("sessions", []) if not record or s.get("id") != record["id"]
+            ]
+            result["sessions"][:] = [*others, *([record] if record else [])]
         result["wall_seconds"] = sum(s.get("wall_seconds", 0.0) for s in result["sessions"])
         write_text_atomic(path, json.dumps(result, indent=1) + "\n")

@@ -220,14 +220,19 @@ class Session:
         merge_and_write(self.path, self.result, self.record)
 
     def render(self) -> str:
-        """Summary into the JSON, then the figure and the markdown beside it."""
-        self.result["summary"] = summarize(self.result)
-        self.write()
-        stem = self.path.with_suffix("")
-        png = plot(self.result, stem.with_suffix(".png")).name
-        text = markdown(self.result, png)
-        write_text_atomic(stem.with_suffix(".md"), text)
-        return text
+        self.write()  # first takes in what sessions beside this one have written
+        return render_page(self.path, self.result, self.record)
+
+
+def render_page(path: Path, result: dict[str, Any], record: dict[str, Any] | None) -> str:
+    """Summary into the JSON, then the figure and the markdown beside it."""
+    result["summary"] = summarize(result)
+    merge_and_write(path, result, record)
+    stem = path.with_suffix("")
+    png = plot(result, stem.with_suffix(".png")).name
+    text = markdown(result, png)
+    write_text_atomic(stem.with_suffix(".md"), text)
+    return text
 
 
 def run_seed(session: Session, args: argparse.Namespace, overrides: list[str], seed: int) -> None:
@@ -339,6 +344,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # but 4x slower at load average 4 (other jobs), so a shared host gets the safe choice.
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--report-only", action="store_true", help="redraw the page from the results file"
+    )
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -360,6 +368,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / f"{stem}.json"
+    if args.report_only:  # beside running sessions too: their seeds as far as they got
+        earlier = open_results(path, config, fresh=False)
+        if earlier is None:
+            raise UserError(f"{path}: no results to redraw; run without --report-only first")
+        text = render_page(path, earlier, None)
+        print(text)
+        return earlier
     machine = provenance(args.device)
     result = open_results(path, config, args.fresh) or {
         "benchmark": "eb_emergence",

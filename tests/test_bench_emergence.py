@@ -106,6 +106,12 @@ def test_a_killed_run_resumes_without_redoing_finished_searches_or_tickets(
     trained = len(retrains)
     again = eb_emergence.main(argv)
     assert searches == [] and len(retrains) == trained
+    (tmp_path / "e.md").unlink()
+    redrawn = eb_emergence.main([*argv, "--report-only"])
+    assert searches == [] and len(retrains) == trained and (tmp_path / "e.md").is_file()
+    assert len(redrawn["sessions"]) == len(again["sessions"])  # a redraw is no session
+    with pytest.raises(UserError, match="no results to redraw"):
+        eb_emergence.main([*argv, "--report-only", "--stem", "other"])
     assert again["summary"]["ratios"] == result["summary"]["ratios"]
     more = eb_emergence.main(_argv(fashion_root, tmp_path, "--seeds", "2"))
     assert searches == [2] and retrains[trained:] == [2] * len(_draws(more["runs"]["2"]))
@@ -325,3 +331,7 @@ def test_sessions_side_by_side_keep_each_others_seeds(tmp_path: Path) -> None:
     assert sorted(s["id"] for s in disk["sessions"]) == ["session1", "session2"]
     assert disk["seeds"] == [1, 2] and disk["wall_seconds"] == 50.0
     assert first["runs"]["2"] == {"points": ["b"]}  # the first session now sees the second's
+    redraw = json.loads(path.read_text())
+    redraw["runs"] = {}  # a redraw owns no seed: it takes every run from the file
+    _emergence_store.merge_and_write(path, redraw, None)
+    assert redraw["runs"] == disk["runs"] and len(redraw["sessions"]) == 2
