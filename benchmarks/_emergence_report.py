@@ -130,20 +130,27 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     summary = result["summary"]
     figure = new_figure(10, 4)
     acc_ax, dist_ax = figure.subplots(1, 2)
-    starred, seen, kept, off_axis = False, [], [], []
+    starred, seen, tops, off_axis = False, [], [], []
     dense_mean = summary["dense"]["mean"]
     for index, ratio in enumerate(result["config"]["ratios"]):
         colour, key = COLOURS[index % len(COLOURS)], f"{ratio:g}"
         cells = [(int(e), c) for e, c in summary["ratios"][key]["by_draw_epoch"].items() if c["n"]]
+        detected = summary["ratios"][key]["detected"].get("by_seed", {})
+        emerged = summary["ratios"][key]["emerged_epochs"]
         seen += [c["n"] for _, c in cells]
-        kept += [c for _, c in cells]
+        tops += [c["max"] for _, c in cells] + list(detected.values())
         # a collapsed ticket would stretch the axis until the differences that matter, tenths
         # of a point, vanish: it is kept off the axis and named beneath it instead
         if dense_mean is not None:
+            low = dense_mean - OFF_AXIS_POINTS
             off_axis += [
-                f"p={key} at {e}: {c['mean']:.1f} % (min {c['min']:.1f})"
+                f"p={key} at {e}: mean {c['mean']:.1f} %, min {c['min']:.1f} %"
                 for e, c in cells
-                if c["min"] < dense_mean - OFF_AXIS_POINTS
+                if c["min"] < low
+            ] + [
+                f"p={key} seed {seed}'s detected ticket (epoch {emerged[seed]}): {top1:.1f} %"
+                for seed, top1 in detected.items()
+                if top1 < low
             ]
         if cells:
             acc_ax.errorbar(
@@ -158,9 +165,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
                 color=colour,
                 label=f"p={ratio:g}",
             )
-        detected = summary["ratios"][key]["detected"].get("by_seed", {})
         for seed, top1 in detected.items():
-            epoch = summary["ratios"][key]["emerged_epochs"][seed]
+            epoch = emerged[seed]
             label = None if starred else "detected emergence (one per seed)"
             acc_ax.plot(
                 epoch, top1, marker="*", ms=13, color=colour, mec="black", ls="none", label=label
@@ -175,13 +181,13 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     if summary["dense"]["n"]:
         acc_ax.axhline(summary["dense"]["mean"], color="grey", ls="--", label="dense (mean)")
     if dense_mean is not None:
-        top = max([dense_mean, *(c["max"] for c in kept)]) + 0.5
+        top = max([dense_mean, *tops]) + 0.5
         acc_ax.set_ylim(dense_mean - OFF_AXIS_POINTS, top)
     if off_axis:
         acc_ax.text(
             0.98,
             0.03,
-            "below the axis:\n" + "\n".join(off_axis),
+            "reaching below the axis:\n" + "\n".join(off_axis),
             transform=acc_ax.transAxes,
             ha="right",
             va="bottom",

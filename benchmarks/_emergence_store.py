@@ -11,6 +11,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,21 +123,34 @@ def open_results(path: Path, config: dict[str, Any], fresh: bool) -> dict[str, A
     return old
 
 
-def merge_and_write(path: Path, result: dict[str, Any], record: dict[str, Any] | None) -> None:
+def merge_and_write(
+    path: Path,
+    result: dict[str, Any],
+    record: dict[str, Any] | None,
+    on_merged: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
     """Write this session's seeds into the results file without losing another session's.
 
     Sessions may run side by side, one seed each (``--seeds 1`` and ``--seeds 2`` on two
-    cores). Under an exclusive lock, the file on disk is read again; ``result`` takes the
-    runs of every seed ``record`` does not own and the other sessions' records from it, in
-    place (callers hold references into it), and is written back atomically. The wall time
-    is the sum over sessions: the compute spent, not the span of overlapping sessions.
-    ``record`` None (a redraw of the page) owns no seed and adds no session.
+    cores). A session owns the seeds it has started (``record["active"]``). Under an
+    exclusive lock the file on disk is read again, and ``result`` takes from it, in place
+    (callers hold references into it), the runs of every seed it does not own and the other
+    sessions' records; ``on_merged(result)`` then runs (the summary, the page), still under
+    the lock, and the file is written back atomically. A file of another config is refused.
+    The wall time is the sum over sessions: the compute spent, not the span of overlapping
+    sessions. ``record`` None (a redraw of the page) owns no seed and adds no session.
     """
-    owned = {str(s) for s in record["seeds"]} if record else set()
+    owned = {str(s) for s in record.get("active", [])} if record else set()
     with open(path.with_suffix(".lock"), "a", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if path.is_file():
             disk = json.loads(path.read_text(encoding="utf-8"))
+            ours = _current_schema(json.loads(json.dumps(result["config"])))
+            if _differences(_current_schema(disk.get("config")), ours):
+                raise UserError(
+                    f"{path} was rewritten by a session of another config; give this one "
+                    "its own --stem"
+                )
             for seed, run in disk.get("runs", {}).items():
                 if seed not in owned:
                     result["runs"][seed] = run
@@ -148,4 +163,16 @@ def merge_and_write(path: Path, result: dict[str, Any], record: dict[str, Any] |
             ]
             result["sessions"][:] = [*others, *([record] if record else [])]
         result["wall_seconds"] = sum(s.get("wall_seconds", 0.0) for s in result["sessions"])
+        if on_merged is not None:
+            on_merged(result)
         write_text_atomic(path, json.dumps(result, indent=1) + "\n")
+
+
+def set_aside(path: Path) -> Path | None:
+    """Move an earlier results file out of the way (``--fresh``): renamed beside itself with
+    the time, never deleted. The new name, or None when there was no file."""
+    if not path.is_file():
+        return None
+    aside = path.with_name(f"{path.stem}.replaced-{time.strftime('%Y%m%dT%H%M%S')}{path.suffix}")
+    path.replace(aside)
+    return aside

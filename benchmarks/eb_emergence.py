@@ -47,6 +47,7 @@ from _emergence_store import (  # noqa: E402
     merge_and_write,
     open_results,
     save_snapshots,
+    set_aside,
 )
 from _seed_stats import provenance  # noqa: E402
 from _shared import RESULTS, SHORT_OVERRIDES  # noqa: E402
@@ -217,22 +218,38 @@ class Session:
 
     def write(self) -> None:
         self.record["wall_seconds"] = time.perf_counter() - self.start
-        merge_and_write(self.path, self.result, self.record)
+        merge_and_write(self.path, self.result, self.record, _summarized)
+
+    def start_seed(self, seed: int) -> dict[str, Any]:
+        """Own ``seed`` from now on, starting from its run as the file has it now (a session
+        beside this one may have added to it since this one opened the file)."""
+        self.record.setdefault("active", [])
+        self.write()
+        self.record["active"].append(seed)
+        return self.result["runs"].setdefault(str(seed), {"seed": seed, "points": []})
 
     def render(self) -> str:
-        self.write()  # first takes in what sessions beside this one have written
         return render_page(self.path, self.result, self.record)
 
 
-def render_page(path: Path, result: dict[str, Any], record: dict[str, Any] | None) -> str:
-    """Summary into the JSON, then the figure and the markdown beside it."""
+def _summarized(result: dict[str, Any]) -> None:
     result["summary"] = summarize(result)
-    merge_and_write(path, result, record)
-    stem = path.with_suffix("")
-    png = plot(result, stem.with_suffix(".png")).name
-    text = markdown(result, png)
-    write_text_atomic(stem.with_suffix(".md"), text)
-    return text
+
+
+def render_page(path: Path, result: dict[str, Any], record: dict[str, Any] | None) -> str:
+    """The summary into the JSON, then the figure and the markdown beside it, all from the
+    merged results and under the file's lock (a slower render never overwrites a newer)."""
+    text: list[str] = []
+
+    def page(merged: dict[str, Any]) -> None:
+        _summarized(merged)
+        stem = path.with_suffix("")
+        png = plot(merged, stem.with_suffix(".png")).name
+        text.append(markdown(merged, png))
+        write_text_atomic(stem.with_suffix(".md"), text[0])
+
+    merge_and_write(path, result, record, page)
+    return text[0]
 
 
 def run_seed(session: Session, args: argparse.Namespace, overrides: list[str], seed: int) -> None:
@@ -243,7 +260,7 @@ def run_seed(session: Session, args: argparse.Namespace, overrides: list[str], s
         config["draw_epochs"],
         config["retrain_epochs"],
     )
-    run = result["runs"].setdefault(str(seed), {"seed": seed, "points": []})
+    run = session.start_seed(seed)
     recipe = load_recipe(args.recipe, [*overrides, f"seed={seed}"])
     folder = args.runs / f"seed{seed}"
     loaded: list[DataSplit] = []
@@ -375,6 +392,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         text = render_page(path, earlier, None)
         print(text)
         return earlier
+    if args.fresh and (aside := set_aside(path)) is not None:
+        print(f"--fresh: the earlier results are kept as {aside}", flush=True)
     machine = provenance(args.device)
     result = open_results(path, config, args.fresh) or {
         "benchmark": "eb_emergence",

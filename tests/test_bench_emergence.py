@@ -166,6 +166,10 @@ def test_snapshots_round_trip_and_results_guards(tmp_path: Path) -> None:
     older = {**recipe, "train": {k: v for k, v in recipe["train"].items() if k != "ema"}}
     path.write_text(json.dumps({"format": 2, "config": {**config, "recipe": older}, "runs": {}}))
     assert _emergence_store.open_results(path, config, fresh=False)["runs"] == {}
+    # ... nor when a session of today's code merges into it, or redraws it as it was read
+    for ours in (config, {**config, "recipe": older}):
+        mine = {"config": ours, "seeds": [], "runs": {}, "sessions": []}
+        _emergence_store.merge_and_write(path, mine, None)
     changed = {**recipe, "train": {**recipe["train"], "lr": 0.5}}
     path.write_text(json.dumps({"format": 2, "config": {**config, "recipe": changed}, "runs": {}}))
     with pytest.raises(UserError, match=r"recipe\.train\.lr differ"):
@@ -304,34 +308,53 @@ def test_the_targets_points_retrain_first() -> None:
 
 def test_sessions_side_by_side_keep_each_others_seeds(tmp_path: Path) -> None:
     path = tmp_path / "e.json"
+    config = {"ratios": [0.5]}
 
-    def opened(seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    def opened(name: str, seeds: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
         """A session's view at its start: the file as it was, plus its own record."""
         result = (
             json.loads(path.read_text())
             if path.is_file()
-            else {"seeds": [], "runs": {}, "sessions": [], "wall_seconds": 0.0}
+            else {"config": config, "seeds": [], "runs": {}, "sessions": [], "wall_seconds": 0}
         )
-        record = {"id": f"session{seed}", "seeds": [seed], "wall_seconds": 10.0 * (seed + 1)}
+        record = {"id": name, "seeds": seeds, "active": [], "wall_seconds": 10.0}
         result["sessions"].append(record)
-        result["seeds"].append(seed)
+        result["seeds"] += [s for s in seeds if s not in result["seeds"]]
         return result, record
 
-    first, first_record = opened(1)
-    second, second_record = opened(2)  # started before the first wrote anything
-    first["runs"]["1"] = {"points": ["a"]}
-    _emergence_store.merge_and_write(path, first, first_record)
-    second["runs"]["2"] = {"points": ["b"]}
-    _emergence_store.merge_and_write(path, second, second_record)
-    first["runs"]["1"]["points"].append("c")  # its live run dict, still its own
-    _emergence_store.merge_and_write(path, first, first_record)
+    def start(result: dict[str, Any], record: dict[str, Any], seed: int) -> dict[str, Any]:
+        """What Session.start_seed does: take the file's run of the seed, then own it."""
+        _emergence_store.merge_and_write(path, result, record)
+        record["active"].append(seed)
+        return result["runs"].setdefault(str(seed), {"points": []})
+
+    every, every_record = opened("all", [0, 1, 2])  # the budget's seeds ...
+    one, one_record = opened("one", [1])  # ... and seed 1 beside it, opened before any write
+    start(one, one_record, 1)["points"].append("b")
+    _emergence_store.merge_and_write(path, one, one_record)
+    start(every, every_record, 0)["points"].append("a")
+    _emergence_store.merge_and_write(path, every, every_record)  # seed 1 is not its own yet
+    assert json.loads(path.read_text())["runs"]["1"] == {"points": ["b"]}
+    start(every, every_record, 1)["points"].append("c")  # continues from the file's seed 1
+    _emergence_store.merge_and_write(path, every, every_record)
 
     disk = json.loads(path.read_text())
-    assert disk["runs"] == {"1": {"points": ["a", "c"]}, "2": {"points": ["b"]}}
-    assert sorted(s["id"] for s in disk["sessions"]) == ["session1", "session2"]
-    assert disk["seeds"] == [1, 2] and disk["wall_seconds"] == 50.0
-    assert first["runs"]["2"] == {"points": ["b"]}  # the first session now sees the second's
+    assert disk["runs"] == {"0": {"points": ["a"]}, "1": {"points": ["b", "c"]}}
+    assert sorted(s["id"] for s in disk["sessions"]) == ["all", "one"]
+    assert sorted(disk["seeds"]) == [0, 1, 2] and disk["wall_seconds"] == 20.0
+    summaries: list[int] = []
     redraw = json.loads(path.read_text())
     redraw["runs"] = {}  # a redraw owns no seed: it takes every run from the file
-    _emergence_store.merge_and_write(path, redraw, None)
+    _emergence_store.merge_and_write(
+        path, redraw, None, lambda merged: summaries.append(len(merged["runs"]))
+    )
     assert redraw["runs"] == disk["runs"] and len(redraw["sessions"]) == 2
+    assert summaries == [2]  # on_merged sees the merged runs
+    # a session of another config may not write into the file; --fresh sets it aside
+    other, other_record = opened("other", [3])
+    other["config"] = {"ratios": [0.3]}
+    with pytest.raises(UserError, match="another config; give this one its own --stem"):
+        _emergence_store.merge_and_write(path, other, other_record)
+    aside = _emergence_store.set_aside(path)
+    assert not path.exists() and json.loads(aside.read_text()) == redraw
+    assert _emergence_store.set_aside(path) is None

@@ -19,7 +19,6 @@ from data_fakes import write_fake_fashion_mnist
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-import _emergence_report  # noqa: E402
 import eb_emergence  # noqa: E402
 import eb_vs_baselines  # noqa: E402
 import run_all  # noqa: E402
@@ -128,8 +127,13 @@ def test_eb_emergence_retrains_each_draw_and_marks_emergence(
     assert summary["by_draw_epoch"]["1"]["n"] == 2 and summary["detected"]["n"] == 2
     diff = summary["detected_minus_final_points"]
     assert diff["n"] == 2 and diff["ci"] is not None
-    # a toy ticket may retrain to chance, which no agreement makes a success
-    broken = _emergence_report._near_chance(result, summary["detected"]["by_seed"])
+    # a toy ticket may retrain to chance (under chance + 10 % of the headroom above it),
+    # which no agreement makes a success
+    broken = [
+        s
+        for s, top1 in summary["detected"]["by_seed"].items()
+        if top1 / 100 < 0.1 + 0.9 * result["runs"][s]["chance_top1"]
+    ]
     assert summary["met"] == (diff["mean"] >= -0.3 and not broken)
     for suffix in ("json", "md", "png"):
         assert (tmp_path / f"e.{suffix}").stat().st_size > 0
