@@ -237,9 +237,34 @@ def _eb_vs_ns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     for eps in EPSILONS
                 },
             }
+            entry["epsilon_flops_ratio"] = {
+                eps: _ratio_had_it_stopped(eb, ns, dict(zip(seeds, epochs, strict=True)))
+                for eps, epochs in entry["epsilon_epochs"].items()
+            }
             entry["targets"] = _verdicts(entry)
             out.append(entry)
     return out
+
+
+def _ratio_had_it_stopped(
+    eb: dict[int, dict[str, Any]], ns: dict[int, dict[str, Any]], epochs: dict[int, int | None]
+) -> float | None:
+    """NS's training FLOPs over EB's had its search stopped at ``epochs[seed]``: arithmetic
+    on the measured costs (EB's dense epoch, its ticket's retraining), not a run; the
+    earlier ticket's MACs are taken as the measured one's. None where an epoch is missing."""
+    if any(e is None for e in epochs.values()):
+        return None
+    ratios = []
+    for seed, epoch in epochs.items():
+        run = eb[seed]
+        per_epoch = run["search_flops"] / max(run["search_epochs"], 1)
+        retrain = run["total_flops"] - run["search_flops"]
+        ratios.append(ns[seed]["total_flops"] / (epoch * per_epoch + retrain))
+    return mean_sd(ratios)[0]
+
+
+def _had_it_stopped(ratio: float | None) -> str:
+    return "" if ratio is None else f" ({ratio:.2f}x)"
 
 
 def _first_below(distances: list[float | None] | None, epsilon: float) -> int | None:
@@ -374,9 +399,12 @@ def _targets(result: dict[str, Any], protocol: str) -> list[str]:
                 f"{e['eb_retrain_epochs']} epochs at {100 * e['mac_share']:.0f} % of the dense "
                 "MACs, which both methods pay; even with free retraining the ratio could not "
                 f"pass {e['search_bound']:.2f}x (NS's dense epochs over EB's search epochs). "
-                "Where the mask test alone would have stopped at other epsilons: "
+                "Where the mask test alone would have stopped at other epsilons (and the "
+                "FLOPs ratio had it stopped there, arithmetic on the measured costs, not a "
+                "run): "
                 + ", ".join(
                     f"{eps}: epoch {'/'.join(str(x) for x in epochs)}"
+                    + _had_it_stopped(e.get("epsilon_flops_ratio", {}).get(eps))
                     for eps, epochs in e["epsilon_epochs"].items()
                 )
             )

@@ -110,6 +110,7 @@ def test_the_pairing_leaves_out_broken_runs_and_gives_an_interval() -> None:
         return {
             "seed": seed, "protocol": "paper", "method": method, "ratio": 0.5,
             "test_top1": top1, "total_flops": flops, "seconds": flops / 1e9,
+            "search_flops": 0.4 * flops,
             "ticket_epoch": 4 if method == "eb" else 20, "retrain_epochs": 20,
             "search_epochs": 4 if method == "eb" else 20,
             "slim_macs": 50, "dense_macs": 100, "window_max_distances": [None, 0.3, 0.12],
@@ -125,6 +126,9 @@ def test_the_pairing_leaves_out_broken_runs_and_gives_an_interval() -> None:
     assert entry["flops_ratio"] == pytest.approx(3.5)
     assert entry["targets"]["flops"] is True and entry["search_bound"] == pytest.approx(5.0)
     assert entry["epsilon_epochs"]["0.15"] == [3, 3]
+    # had EB stopped at epoch 3: 3 of its 4 search epochs (1e11 each) + its 6e11 retraining
+    assert entry["epsilon_flops_ratio"]["0.15"] == pytest.approx(3.5e12 / 9e11)
+    assert entry["epsilon_flops_ratio"]["0.1"] is None  # the mask test never stopped there
 
 
 def test_a_job_runs_only_the_methods_the_results_lack(tmp_path, monkeypatch) -> None:
