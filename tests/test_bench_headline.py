@@ -168,3 +168,21 @@ def test_each_baseline_is_a_job_of_its_own_after_the_paired_seeds() -> None:
         (0, "paper", ["eb", "ns", "lt"]),  # EB and NS are already done by then: skipped
         (0, "paper", ["eb", "ns", "snip"]),
     ]
+
+
+def test_a_missed_interval_is_told_apart_from_a_missed_mean() -> None:
+    import _headline_report as report
+
+    def entry(mean: float, low: float) -> dict:
+        return {
+            "protocol": "finetune", "ratio": 0.5, "seeds": [0, 1, 2], "flops_ratio": 3.2,
+            "wall_ratio": 3.1, "eb_ticket_epochs": [9, 9, 9], "failed": {"eb": {}, "ns": {}},
+            "points": {"n": 3, "mean": mean, "sd": 0.24, "ci": [low, mean - low]},
+            "targets": {"flops": True, "accuracy": False, "wall": True},
+        }  # fmt: skip
+
+    wide = "\n".join(report._targets({"eb_vs_ns": [entry(-0.01, -0.61)]}, "finetune"))
+    assert "within the target, but over 3 seeds the interval reaches -0.61" in wide
+    assert "trails NS" not in wide
+    behind = "\n".join(report._targets({"eb_vs_ns": [entry(-0.5, -0.9)]}, "finetune"))
+    assert "EB trails NS by 0.50 points over 3 seeds" in behind
