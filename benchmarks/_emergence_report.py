@@ -14,7 +14,7 @@ from _seed_stats import mean_sd, paired_difference
 from _shared import machine_line
 from matplotlib.ticker import MaxNLocator
 
-from ebcompress.report.health import NEAR_CHANCE_MARGIN
+from ebcompress.report.health import near_chance
 from ebcompress.report.plots import new_figure, save_figure
 
 # "the detected tickets are within 0.3 points of the final ones at every ratio": met when the
@@ -40,12 +40,12 @@ def _top1_by_seed(result: dict[str, Any], ratio: float, epoch_of: Any) -> dict[s
 
 def _near_chance(result: dict[str, Any], top1: dict[str, float]) -> list[str]:
     """The seeds whose retrained ticket is broken: its top-1 (%) is near chance, by the rule
-    of the run health check (:func:`ebcompress.report.health.assess_run`). A run recorded
+    of the run health check (:func:`ebcompress.report.health.near_chance`). A run recorded
     before the benchmark kept its chance level is not judged."""
     broken = []
     for seed, value in top1.items():
         chance = result["runs"][seed].get("chance_top1")
-        if chance is not None and value / 100 < chance + NEAR_CHANCE_MARGIN * (1 - chance):
+        if chance is not None and near_chance(value / 100, chance):
             broken.append(seed)
     return broken
 

@@ -404,7 +404,7 @@ def _targets(result: dict[str, Any], protocol: str) -> list[str]:
                 "run): "
                 + ", ".join(
                     f"{eps}: epoch {'/'.join(str(x) for x in epochs)}"
-                    + _had_it_stopped(e.get("epsilon_flops_ratio", {}).get(eps))
+                    + _had_it_stopped(e["epsilon_flops_ratio"][eps])
                     for eps, epochs in e["epsilon_epochs"].items()
                 )
             )

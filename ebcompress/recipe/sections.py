@@ -136,8 +136,8 @@ class DistillSection(_Section):
     or a weights-only PyTorch checkpoint) of ``model`` (default: the recipe's own
     architecture, ``kwargs`` its arguments). ``teacher_sha256`` is that file's checksum, as
     ``model.init_sha256``: a run fills it in, a resume refuses a changed file (a moved one is
-    accepted). ``alpha`` is
-    the teacher term's share of the loss, ``temperature`` the softmax temperature T.
+    accepted). ``alpha`` is the teacher term's share of the loss, ``temperature`` the softmax
+    temperature T.
     """
 
     teacher: str = Field(DENSE_TEACHER, min_length=1)

@@ -31,6 +31,12 @@ WARNING_DROP = 0.02
 NEAR_CHANCE_MARGIN = 0.1  # of the headroom above chance
 
 
+def near_chance(top1: float, chance_top1: float) -> bool:
+    """Whether a top-1 (a fraction) is no better than guessing: below ``chance +``
+    :data:`NEAR_CHANCE_MARGIN` of the headroom above it."""
+    return top1 < chance_top1 + NEAR_CHANCE_MARGIN * (1 - chance_top1)
+
+
 @dataclass(frozen=True)
 class RunHealth:
     """The health section of ``report.json``; ``flags`` are one-line findings, worst first."""
@@ -70,13 +76,11 @@ def assess_run(
 ) -> RunHealth:
     """The verdict on a finished run (module docstring); every input is in ``report.json``."""
     failures, warnings = [], []
-    if chance_top1 is not None:
-        floor = chance_top1 + NEAR_CHANCE_MARGIN * (1 - chance_top1)
-        if final_top1 < floor:
-            failures.append(
-                f"final top-1 {final_top1:.1%} is near chance ({chance_top1:.1%}): the slim "
-                "model is broken; look at the capped groups and the retraining below"
-            )
+    if chance_top1 is not None and near_chance(final_top1, chance_top1):
+        failures.append(
+            f"final top-1 {final_top1:.1%} is near chance ({chance_top1:.1%}): the slim "
+            "model is broken; look at the capped groups and the retraining below"
+        )
     if dense_top1_at_ticket is not None:
         drop = dense_top1_at_ticket - final_top1
         where = f"{drop * 100:.1f} points below the dense network's {dense_top1_at_ticket:.1%}"
